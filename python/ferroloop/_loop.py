@@ -1,0 +1,162 @@
+"""The public loop class: the Rust core plus asyncio's abstract interface.
+
+Hot paths (scheduling, the run step, handles, fd watches) are methods of the Rust
+base ``LoopCore``. What stays here is cold and coroutine-shaped: shutting down async
+generators and the default executor, the async generator hooks, name resolution
+through the executor, and the unclosed-loop warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import warnings
+import weakref
+
+from ferroloop._core import LoopCore
+
+
+class Loop(LoopCore, asyncio.AbstractEventLoop):
+    """An asyncio event loop whose core is written in Rust."""
+
+    def __init__(self) -> None:
+        # WeakSet of the async generators being iterated by this loop.
+        self._asyncgens = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.__class__.__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # ---- async generators ----
+
+    def _asyncgen_finalizer_hook(self, agen) -> None:
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    def _asyncgen_firstiter_hook(self, agen) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    async def shutdown_asyncgens(self) -> None:
+        """Shut down all active asynchronous generators."""
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing_agens = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await asyncio.gather(
+            *[ag.aclose() for ag in closing_agens], return_exceptions=True
+        )
+        for result, agen in zip(results, closing_agens):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # ---- the default executor ----
+
+    async def shutdown_default_executor(self, timeout=None) -> None:
+        """Schedule the shutdown of the default executor.
+
+        ``timeout`` (seconds, or None to wait without limit) bounds the wait for the
+        executor's threads; past it a RuntimeWarning is issued and the executor is
+        shut down without waiting.
+        """
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        future = self.create_future()
+        thread = threading.Thread(target=self._do_shutdown, args=(executor, future))
+        thread.start()
+        try:
+            await future
+        finally:
+            thread.join(timeout)
+        if thread.is_alive():
+            warnings.warn(
+                "The executor did not finishing joining "
+                f"its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            executor.shutdown(wait=False)
+
+    def _do_shutdown(self, executor, future) -> None:
+        try:
+            executor.shutdown(wait=True)
+            if not self.is_closed():
+                self.call_soon_threadsafe(_set_result_unless_cancelled, future, None)
+        except Exception as ex:
+            if not self.is_closed() and not future.cancelled():
+                self.call_soon_threadsafe(future.set_exception, ex)
+
+    # ---- name resolution (through the default executor) ----
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        return await self.run_in_executor(
+            None, socket.getaddrinfo, host, port, family, type, proto, flags
+        )
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+
+def _set_result_unless_cancelled(future, result) -> None:
+    if not future.cancelled():
+        future.set_result(result)
+
+
+def new_event_loop() -> Loop:
+    """Return a new ferroloop event loop."""
+    return Loop()
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An event loop policy whose loops are ferroloop loops.
+
+    ``asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())`` makes
+    ``asyncio.new_event_loop()``, ``asyncio.run()`` and ``asyncio.get_event_loop()``
+    use ferroloop.
+    """
+
+    def _loop_factory(self) -> Loop:
+        return new_event_loop()
+
+
+def run(main, *, debug=None):
+    """Run a coroutine on a new ferroloop loop, with ``asyncio.run``'s semantics.
+
+    Leftover tasks are cancelled, async generators and the default executor are
+    shut down, and the loop is closed.
+    """
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+if sys.version_info < (3, 11):  # pragma: no cover - pyproject requires 3.11
+    raise ImportError("ferroloop requires Python 3.11 or newer")

@@ -1,0 +1,1188 @@
+//! The loop object's Rust base: `LoopCore`. It owns the ready queue, the timer heap,
+//! the poller and the fd watches, and runs asyncio's `_run_once` step: compute the
+//! poll timeout, release the GIL only around a blocking poll, move due timers to the
+//! ready queue, then run exactly the handles that were ready when the step began.
+//!
+//! The Python class `ferroloop.Loop` subclasses this and `asyncio.AbstractEventLoop`;
+//! the coroutine-shaped cold paths (shutdown_asyncgens, shutdown_default_executor)
+//! live there.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+
+use crate::gil::{py_attr, GilCell};
+use crate::handles::{Handle, TimerHandle};
+use crate::reactor::clock;
+use crate::reactor::poller::{Events, Interest, Poller};
+use crate::reactor::timers::TimerHeap;
+use crate::reactor::waker::Waker;
+
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
+const MAX_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// Compact the timer heap when it holds more than this many timers...
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+/// ...and more than this fraction of them are cancelled.
+const MIN_CANCELLED_TIMER_HANDLES_FRACTION: f64 = 0.5;
+/// `time.get_clock_info('monotonic').resolution` on Linux.
+const CLOCK_RESOLUTION: f64 = 1e-9;
+/// asyncio's `constants.DEBUG_STACK_DEPTH`.
+const DEBUG_STACK_DEPTH: i32 = 10;
+/// The poller token of the waker; fds use their own number as token.
+const WAKER_TOKEN: u64 = u64::MAX;
+
+/// The reader and writer watching one fd.
+#[derive(Default)]
+struct FdWatch {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+impl FdWatch {
+    fn interest(&self) -> Interest {
+        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+    }
+}
+
+/// The poller and the waker; `None` once the loop is closed.
+struct Io {
+    poller: Poller,
+    waker: Waker,
+}
+
+pub(crate) struct LoopState {
+    /// Handles to run in the next step, in call order.
+    ready: VecDeque<Py<Handle>>,
+    /// Timers (TimerHandle, held as their Handle base) waiting for their deadline.
+    timers: TimerHeap<Py<Handle>>,
+    /// How many timers in `timers` are cancelled but not yet removed.
+    timer_cancelled: usize,
+    /// fd -> its reader and writer; every key is registered with the poller.
+    fds: HashMap<RawFd, FdWatch>,
+    stopping: bool,
+    closed: bool,
+    /// The thread running the loop (pthread_self, as `threading.get_ident()`).
+    thread_id: Option<u64>,
+    debug: bool,
+    slow_callback_duration: f64,
+    exception_handler: Option<Py<PyAny>>,
+    task_factory: Option<Py<PyAny>>,
+    /// The handle being run, in debug mode only.
+    current_handle: Option<Py<Handle>>,
+    default_executor: Option<Py<PyAny>>,
+    executor_shutdown_called: bool,
+    asyncgens_shutdown_called: bool,
+    /// The coroutine origin tracking depth to restore, while debug tracking is on.
+    saved_tracking_depth: Option<i32>,
+}
+
+#[pyclass(module = "ferroloop._core", subclass, frozen)]
+pub struct LoopCore {
+    pub(crate) state: GilCell<LoopState>,
+    io: GilCell<Option<Io>>,
+    /// Reused across polls; touched only by the loop thread.
+    events: GilCell<Events>,
+    /// True while the loop thread may be blocked in poll with the GIL released:
+    /// `call_soon_threadsafe` must then wake it.
+    polling: AtomicBool,
+}
+
+fn thread_ident() -> u64 {
+    // SAFETY: pthread_self(3) always succeeds.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+fn os_error(err: std::io::Error) -> PyErr {
+    PyOSError::new_err((err.raw_os_error().unwrap_or(0), err.to_string()))
+}
+
+/// asyncio's debug mode switch: `-X dev`, or PYTHONASYNCIODEBUG unless `-E`.
+fn debug_mode_from_environment(py: Python<'_>) -> PyResult<bool> {
+    let flags = py.import("sys")?.getattr("flags")?;
+    if flags.getattr("dev_mode")?.is_truthy()? {
+        return Ok(true);
+    }
+    if flags.getattr("ignore_environment")?.is_truthy()? {
+        return Ok(false);
+    }
+    Ok(std::env::var_os("PYTHONASYNCIODEBUG").is_some_and(|v| !v.is_empty()))
+}
+
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let py = obj.py();
+        let got = obj
+            .call_method0(intern!(py, "fileno"))
+            .and_then(|f| py.get_type::<PyInt>().call1((f,)))
+            .and_then(|i| i.extract::<i64>());
+        match got {
+            Ok(fd) => fd,
+            Err(e)
+                if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyValueError>(py) =>
+            {
+                return Err(PyValueError::new_err(format!("Invalid file object: {}", obj.repr()?)));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+impl LoopCore {
+    #[inline]
+    pub(crate) fn debug(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).debug
+    }
+
+    /// A timer that is in the heap was cancelled.
+    pub(crate) fn timer_cancelled(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).timer_cancelled += 1;
+    }
+
+    fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).closed {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    fn check_running(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).thread_id.is_some() {
+            return Err(PyRuntimeError::new_err("This event loop is already running"));
+        }
+        if !py_attr!(py, "asyncio.events", "_get_running_loop")?.call0()?.is_none() {
+            return Err(PyRuntimeError::new_err("Cannot run the event loop while another loop is running"));
+        }
+        Ok(())
+    }
+
+    /// Debug mode: only the loop's own thread may call non-thread-safe methods.
+    fn check_thread(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(tid) = self.state.borrow(py).thread_id {
+            if tid != thread_ident() {
+                return Err(PyRuntimeError::new_err(
+                    "Non-thread-safe operation invoked on an event loop other than the current one",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Debug mode: coroutines and non-callables are refused.
+    fn check_callback(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+        let py = callback.py();
+        if py_attr!(py, "asyncio", "iscoroutine")?.call1((callback,))?.is_truthy()?
+            || py_attr!(py, "asyncio", "iscoroutinefunction")?.call1((callback,))?.is_truthy()?
+        {
+            return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+        }
+        if !callback.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "a callable object was expected by {method}(), got {}",
+                callback.repr()?
+            )));
+        }
+        Ok(())
+    }
+
+    fn source_traceback(py: Python<'_>, debug: bool) -> PyResult<Option<Py<PyAny>>> {
+        if !debug {
+            return Ok(None);
+        }
+        // Rust frames are invisible to Python: frame 0 is the caller of call_soon.
+        let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+        let tb = py_attr!(py, "asyncio.format_helpers", "extract_stack")?.call1((frame,))?;
+        Ok(Some(tb.unbind()))
+    }
+
+    fn current_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        match context {
+            Some(c) if !c.is_none() => Ok(c.unbind()),
+            _ => {
+                // SAFETY: the GIL is held; PyContext_CopyCurrent returns a new reference or NULL.
+                let ctx = unsafe { pyo3::ffi::PyContext_CopyCurrent() };
+                // SAFETY: `ctx` is a new reference (or NULL with an exception set).
+                unsafe { Bound::from_owned_ptr_or_err(py, ctx) }.map(Bound::unbind)
+            }
+        }
+    }
+
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        debug: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let h = Handle::new_state(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            Self::current_context(py, context)?,
+            slf.clone().unbind(),
+            Self::source_traceback(py, debug)?,
+            false,
+        );
+        Py::new(py, h)
+    }
+
+    /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
+    fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
+        self.state.borrow_mut(py).ready.push_back(handle);
+        if wake && self.polling.load(Ordering::SeqCst) {
+            if let Some(io) = self.io.borrow(py).as_ref() {
+                io.waker.wake();
+            }
+        }
+    }
+
+    fn set_coroutine_origin_tracking(&self, py: Python<'_>, enabled: bool) -> PyResult<()> {
+        let saved = self.state.borrow(py).saved_tracking_depth;
+        if enabled == saved.is_some() {
+            return Ok(());
+        }
+        let sys = py.import("sys")?;
+        if enabled {
+            let depth: i32 = sys.call_method0("get_coroutine_origin_tracking_depth")?.extract()?;
+            sys.call_method1("set_coroutine_origin_tracking_depth", (DEBUG_STACK_DEPTH,))?;
+            self.state.borrow_mut(py).saved_tracking_depth = Some(depth);
+        } else {
+            sys.call_method1("set_coroutine_origin_tracking_depth", (saved.unwrap_or(0),))?;
+            self.state.borrow_mut(py).saved_tracking_depth = None;
+        }
+        Ok(())
+    }
+
+    fn run_forever_inner(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let py = slf.py();
+        loop {
+            Self::run_once(slf)?;
+            if this.state.borrow(py).stopping {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One iteration of the loop: asyncio's `_run_once`.
+    fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut garbage: Vec<Py<Handle>> = Vec::new();
+
+        let (timeout, have_fds) = {
+            let mut st = this.state.borrow_mut(py);
+            let st = &mut *st;
+            let n = st.timers.len();
+            if n > MIN_SCHEDULED_TIMER_HANDLES
+                && st.timer_cancelled as f64 / n as f64 > MIN_CANCELLED_TIMER_HANDLES_FRACTION
+            {
+                st.timers.retain_into(|h| !h.get().is_cancelled(py), &mut garbage);
+                st.timer_cancelled = 0;
+            } else {
+                while let Some((_, h)) = st.timers.peek() {
+                    if !h.get().is_cancelled(py) {
+                        break;
+                    }
+                    st.timer_cancelled = st.timer_cancelled.saturating_sub(1);
+                    if let Some((_, h)) = st.timers.pop() {
+                        garbage.push(h);
+                    }
+                }
+            }
+            let timeout = if !st.ready.is_empty() || st.stopping {
+                Some(Duration::ZERO)
+            } else if let Some((when, _)) = st.timers.peek() {
+                let secs = (when - clock::monotonic()).clamp(0.0, MAX_SELECT_TIMEOUT);
+                Some(Duration::from_secs_f64(secs))
+            } else {
+                None
+            };
+            (timeout, !st.fds.is_empty())
+        };
+        for h in &garbage {
+            h.get().state.borrow_mut(py).scheduled = false;
+        }
+        garbage.clear();
+
+        // Poll. The GIL is released only when the poll may block.
+        {
+            let io = this.io.borrow(py);
+            let Some(io) = io.as_ref() else {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            };
+            let mut events = this.events.borrow_mut(py);
+            let events = &mut *events;
+            if timeout == Some(Duration::ZERO) {
+                if have_fds {
+                    io.poller.wait(events, timeout).map_err(os_error)?;
+                } else {
+                    events.clear();
+                }
+            } else {
+                this.polling.store(true, Ordering::SeqCst);
+                let poller = &io.poller;
+                let r = py.detach(|| poller.wait(events, timeout));
+                this.polling.store(false, Ordering::SeqCst);
+                if let Err(e) = r {
+                    events.clear();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(os_error(e));
+                    }
+                }
+                // Signal handlers run here (PEP 475): KeyboardInterrupt leaves the loop.
+                py.check_signals()?;
+            }
+
+            let mut st = this.state.borrow_mut(py);
+            let st = &mut *st;
+            let mut cancelled_fds: Vec<(RawFd, bool)> = Vec::new();
+            for ev in events.iter() {
+                if ev.token == WAKER_TOKEN {
+                    io.waker.drain();
+                    continue;
+                }
+                let fd = ev.token as RawFd;
+                let Some(w) = st.fds.get(&fd) else { continue };
+                if ev.readable {
+                    if let Some(r) = &w.reader {
+                        if r.get().is_cancelled(py) {
+                            cancelled_fds.push((fd, true));
+                        } else {
+                            st.ready.push_back(r.clone_ref(py));
+                        }
+                    }
+                }
+                if ev.writable {
+                    if let Some(wr) = &w.writer {
+                        if wr.get().is_cancelled(py) {
+                            cancelled_fds.push((fd, false));
+                        } else {
+                            st.ready.push_back(wr.clone_ref(py));
+                        }
+                    }
+                }
+            }
+            for (fd, read) in cancelled_fds {
+                if let Some(h) = Self::unwatch(st, &io.poller, fd, read) {
+                    garbage.push(h);
+                }
+            }
+
+            // Timers that are due.
+            let end = clock::monotonic() + CLOCK_RESOLUTION;
+            while let Some(h) = st.timers.pop_due(end) {
+                h.get().state.borrow_mut(py).scheduled = false;
+                st.ready.push_back(h);
+            }
+        }
+        drop(garbage);
+
+        // Run exactly what is ready now; what these callbacks schedule waits for the next step.
+        let ntodo = this.state.borrow(py).ready.len();
+        for _ in 0..ntodo {
+            let (handle, debug) = {
+                let mut st = this.state.borrow_mut(py);
+                match st.ready.pop_front() {
+                    Some(h) => (h, st.debug),
+                    None => break,
+                }
+            };
+            let handle = handle.into_bound(py);
+            if handle.get().is_cancelled(py) {
+                continue;
+            }
+            if debug {
+                Self::run_debug(slf, &handle)?;
+            } else {
+                Handle::run(&handle)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a handle in debug mode: remembers it as the current handle and warns
+    /// when it takes longer than `slow_callback_duration`.
+    fn run_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.state.borrow_mut(py).current_handle = Some(handle.clone().unbind());
+        let t0 = clock::monotonic();
+        let result = Handle::run(handle);
+        let dt = clock::monotonic() - t0;
+        let previous = this.state.borrow_mut(py).current_handle.take();
+        drop(previous);
+        result?;
+        if dt >= this.state.borrow(py).slow_callback_duration {
+            let logger = py_attr!(py, "asyncio.log", "logger")?;
+            logger.call_method1(
+                intern!(py, "warning"),
+                ("Executing %s took %.3f seconds", format_handle(handle)?, dt),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes the reader (`read`) or writer of `fd`, updating the poller. Returns the
+    /// removed handle, to be cancelled and dropped by the caller outside the borrow.
+    fn unwatch(st: &mut LoopState, poller: &Poller, fd: RawFd, read: bool) -> Option<Py<Handle>> {
+        let w = st.fds.get_mut(&fd)?;
+        let old = if read { w.reader.take() } else { w.writer.take() };
+        let interest = w.interest();
+        if interest.is_empty() {
+            st.fds.remove(&fd);
+            // The fd may already be closed; the kernel then forgot it already.
+            let _ = poller.deregister(fd);
+        } else {
+            let _ = poller.modify(fd, interest, fd as u64);
+        }
+        old
+    }
+
+    fn watch(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        read: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let fd = fileobj_to_fd(fd)?;
+        this.check_closed(py)?;
+        let handle = Self::new_handle(slf, callback, args, None, false)?;
+        let old = {
+            let io = this.io.borrow(py);
+            let Some(io) = io.as_ref() else {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            };
+            let mut st = this.state.borrow_mut(py);
+            let existed = st.fds.contains_key(&fd);
+            let w = st.fds.entry(fd).or_default();
+            let old = if read { w.reader.replace(handle) } else { w.writer.replace(handle) };
+            let interest = w.interest();
+            let r = if existed {
+                io.poller.modify(fd, interest, fd as u64)
+            } else {
+                io.poller.register(fd, interest, fd as u64)
+            };
+            if let Err(e) = r {
+                // Undo: the fd is not watched after a failed registration.
+                let w = st.fds.get_mut(&fd).expect("entry just inserted");
+                let new = if read { std::mem::replace(&mut w.reader, old) } else { std::mem::replace(&mut w.writer, old) };
+                if !existed {
+                    st.fds.remove(&fd);
+                }
+                drop(st);
+                drop(new);
+                return Err(os_error(e));
+            }
+            old
+        };
+        if let Some(old) = old {
+            Handle::do_cancel(old.bind(py))?;
+        }
+        Ok(())
+    }
+
+    fn unwatch_py(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        let fd = fileobj_to_fd(fd)?;
+        let old = {
+            let io = this.io.borrow(py);
+            let Some(io) = io.as_ref() else { return Ok(false) };
+            let mut st = this.state.borrow_mut(py);
+            if st.closed || !st.fds.contains_key(&fd) {
+                return Ok(false);
+            }
+            Self::unwatch(&mut st, &io.poller, fd, read)
+        };
+        match old {
+            Some(h) => {
+                Handle::do_cancel(h.bind(py))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// asyncio's `_format_handle`: a task's repr for a task step, else the handle's.
+fn format_handle(handle: &Bound<'_, Handle>) -> PyResult<String> {
+    let py = handle.py();
+    let cb = handle.get().state.borrow(py).callback.as_ref().map(|c| c.clone_ref(py));
+    if let Some(cb) = cb {
+        if let Ok(owner) = cb.bind(py).getattr(intern!(py, "__self__")) {
+            if owner.is_instance(py_attr!(py, "asyncio", "Task")?)? {
+                return Ok(owner.repr()?.to_string());
+            }
+        }
+    }
+    Ok(handle.str()?.to_string())
+}
+
+#[pyfunction]
+fn _run_until_complete_cb(fut: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = fut.py();
+    if !fut.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+        let exc = fut.call_method0(intern!(py, "exception"))?;
+        if exc.is_instance_of::<PySystemExit>() || exc.is_instance_of::<PyKeyboardInterrupt>() {
+            // run_forever() is already unwinding; no need to stop it.
+            return Ok(());
+        }
+    }
+    fut.call_method0(intern!(py, "get_loop"))?.call_method0(intern!(py, "stop"))?;
+    Ok(())
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let poller = Poller::new().map_err(os_error)?;
+        let waker = Waker::new().map_err(os_error)?;
+        poller.register(waker.as_raw_fd(), Interest::READ, WAKER_TOKEN).map_err(os_error)?;
+        Ok(LoopCore {
+            state: GilCell::new(LoopState {
+                ready: VecDeque::new(),
+                timers: TimerHeap::default(),
+                timer_cancelled: 0,
+                fds: HashMap::new(),
+                stopping: false,
+                closed: false,
+                thread_id: None,
+                debug: debug_mode_from_environment(py)?,
+                slow_callback_duration: 0.1,
+                exception_handler: None,
+                task_factory: None,
+                current_handle: None,
+                default_executor: None,
+                executor_shutdown_called: false,
+                asyncgens_shutdown_called: false,
+                saved_tracking_depth: None,
+            }),
+            io: GilCell::new(Some(Io { poller, waker })),
+            events: GilCell::new(Events::with_capacity(256)),
+            polling: AtomicBool::new(false),
+        })
+    }
+
+    // ---- running ----
+
+    fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        this.check_running(py)?;
+        let debug = this.debug(py);
+        this.set_coroutine_origin_tracking(py, debug)?;
+        let sys = py.import("sys")?;
+        let old_hooks = sys.call_method0(intern!(py, "get_asyncgen_hooks"))?;
+        let set_running = py_attr!(py, "asyncio.events", "_set_running_loop")?;
+        this.state.borrow_mut(py).thread_id = Some(thread_ident());
+        let result = (|| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("firstiter", slf.getattr(intern!(py, "_asyncgen_firstiter_hook"))?)?;
+            kwargs.set_item("finalizer", slf.getattr(intern!(py, "_asyncgen_finalizer_hook"))?)?;
+            sys.call_method(intern!(py, "set_asyncgen_hooks"), (), Some(&kwargs))?;
+            set_running.call1((slf,))?;
+            Self::run_forever_inner(slf)
+        })();
+        {
+            let mut st = this.state.borrow_mut(py);
+            st.stopping = false;
+            st.thread_id = None;
+        }
+        let cleanup = (|| {
+            set_running.call1((py.None(),))?;
+            this.set_coroutine_origin_tracking(py, false)?;
+            sys.call_method1(intern!(py, "set_asyncgen_hooks"), old_hooks.cast::<PyTuple>()?)?;
+            Ok::<(), PyErr>(())
+        })();
+        result.and(cleanup)
+    }
+
+    fn run_until_complete(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        this.check_running(py)?;
+        let new_task = !py_attr!(py, "asyncio", "isfuture")?.call1((future,))?.is_truthy()?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("loop", slf)?;
+        let future = py_attr!(py, "asyncio", "ensure_future")?.call((future,), Some(&kwargs))?;
+        if new_task {
+            // An exception is raised if it does not complete: no "destroyed pending" log.
+            future.setattr(intern!(py, "_log_destroy_pending"), false)?;
+        }
+        let done_cb = wrap_pyfunction!(_run_until_complete_cb, py)?;
+        future.call_method1(intern!(py, "add_done_callback"), (&done_cb,))?;
+        let result = Self::run_forever(slf);
+        if result.is_err()
+            && new_task
+            && future.call_method0(intern!(py, "done"))?.is_truthy()?
+            && !future.call_method0(intern!(py, "cancelled"))?.is_truthy()?
+        {
+            // Consume the exception so it is not logged: the caller gets it raised.
+            let _ = future.call_method0(intern!(py, "exception"));
+        }
+        future.call_method1(intern!(py, "remove_done_callback"), (&done_cb,))?;
+        result?;
+        if !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Err(PyRuntimeError::new_err("Event loop stopped before Future completed."));
+        }
+        Ok(future.call_method0(intern!(py, "result"))?.unbind())
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).stopping = true;
+    }
+
+    fn is_running(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).thread_id.is_some()
+    }
+
+    fn is_closed(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closed
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.is_running(py) {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
+        let (debug, closed) = {
+            let st = this.state.borrow(py);
+            (st.debug, st.closed)
+        };
+        if closed {
+            return Ok(());
+        }
+        if debug {
+            py_attr!(py, "asyncio.log", "logger")?.call_method1(intern!(py, "debug"), ("Close %r", slf))?;
+        }
+        let (ready, timers, fds, executor) = {
+            let mut st = this.state.borrow_mut(py);
+            st.closed = true;
+            st.executor_shutdown_called = true;
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.drain(),
+                std::mem::take(&mut st.fds),
+                st.default_executor.take(),
+            )
+        };
+        let io = this.io.borrow_mut(py).take();
+        // Dropping closes the epoll fd and the eventfd.
+        drop(io);
+        drop((ready, timers, fds));
+        if let Some(executor) = executor {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("wait", false)?;
+            executor.bind(py).call_method("shutdown", (), Some(&kwargs))?;
+        }
+        Ok(())
+    }
+
+    // ---- scheduling ----
+
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = {
+            let st = this.state.borrow(py);
+            if st.closed {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            }
+            st.debug
+        };
+        if debug {
+            this.check_thread(py)?;
+            Self::check_callback(callback, "call_soon")?;
+        }
+        let handle = Self::new_handle(slf, callback, args, context, debug)?;
+        this.push_ready(py, handle.clone_ref(py), false);
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let debug = this.debug(py);
+        if debug {
+            Self::check_callback(callback, "call_soon_threadsafe")?;
+        }
+        let handle = Self::new_handle(slf, callback, args, context, debug)?;
+        this.push_ready(py, handle.clone_ref(py), true);
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        Self::schedule_timer(slf, clock::monotonic() + delay, callback, args, context, "call_at")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    // ---- futures and tasks ----
+
+    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), slf)?;
+        Ok(py_attr!(py, "asyncio", "Future")?.call((), Some(&kwargs))?.unbind())
+    }
+
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task(
+        slf: &Bound<'_, Self>,
+        coro: &Bound<'_, PyAny>,
+        name: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let factory = this.state.borrow(py).task_factory.as_ref().map(|f| f.clone_ref(py));
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        match factory {
+            None => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "loop"), slf)?;
+                if let Some(n) = name {
+                    kwargs.set_item(intern!(py, "name"), n)?;
+                }
+                if let Some(c) = context {
+                    kwargs.set_item(intern!(py, "context"), c)?;
+                }
+                let task = py_attr!(py, "asyncio", "Task")?.call((coro,), Some(&kwargs))?;
+                Ok(task.unbind())
+            }
+            Some(factory) => {
+                let task = match context {
+                    None => factory.bind(py).call1((slf, coro))?,
+                    Some(c) => {
+                        let kwargs = PyDict::new(py);
+                        kwargs.set_item(intern!(py, "context"), c)?;
+                        factory.bind(py).call((slf, coro), Some(&kwargs))?
+                    }
+                };
+                if let Some(n) = name {
+                    if let Ok(set_name) = task.getattr(intern!(py, "set_name")) {
+                        set_name.call1((n,))?;
+                    }
+                }
+                Ok(task.unbind())
+            }
+        }
+    }
+
+    fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !factory.is_none() && !factory.is_callable() {
+            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+        }
+        let new = if factory.is_none() { None } else { Some(factory.clone().unbind()) };
+        let old = std::mem::replace(&mut self.state.borrow_mut(py).task_factory, new);
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).task_factory.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    // ---- file descriptors ----
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::watch(slf, fd, callback, args, true)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch_py(slf, fd, true)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::watch(slf, fd, callback, args, false)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::unwatch_py(slf, fd, false)
+    }
+
+    // ---- executors ----
+
+    #[pyo3(signature = (executor, func, *args))]
+    fn run_in_executor(
+        slf: &Bound<'_, Self>,
+        executor: &Bound<'_, PyAny>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        if this.debug(py) {
+            Self::check_callback(func, "run_in_executor")?;
+        }
+        let executor = if executor.is_none() {
+            let (current, shut) = {
+                let st = this.state.borrow(py);
+                (st.default_executor.as_ref().map(|e| e.clone_ref(py)), st.executor_shutdown_called)
+            };
+            if shut {
+                return Err(PyRuntimeError::new_err("Executor shutdown has been called"));
+            }
+            match current {
+                Some(e) => e.into_bound(py),
+                None => {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("thread_name_prefix", "asyncio")?;
+                    let e = py_attr!(py, "concurrent.futures", "ThreadPoolExecutor")?.call((), Some(&kwargs))?;
+                    this.state.borrow_mut(py).default_executor = Some(e.clone().unbind());
+                    e
+                }
+            }
+        } else {
+            executor.clone()
+        };
+        let mut submit_args = vec![func.clone()];
+        submit_args.extend(args.iter());
+        let cfut = executor.call_method1(intern!(py, "submit"), PyTuple::new(py, submit_args)?)?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("loop", slf)?;
+        Ok(py_attr!(py, "asyncio", "wrap_future")?.call((cfut,), Some(&kwargs))?.unbind())
+    }
+
+    fn set_default_executor(&self, py: Python<'_>, executor: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !executor.is_instance(py_attr!(py, "concurrent.futures", "ThreadPoolExecutor")?)? {
+            return Err(PyTypeError::new_err("executor must be ThreadPoolExecutor instance"));
+        }
+        let old = self.state.borrow_mut(py).default_executor.replace(executor.clone().unbind());
+        drop(old);
+        Ok(())
+    }
+
+    #[getter]
+    fn _default_executor(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).default_executor.as_ref().map(|e| e.clone_ref(py))
+    }
+
+    #[getter]
+    fn _executor_shutdown_called(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).executor_shutdown_called
+    }
+
+    #[setter(_executor_shutdown_called)]
+    fn set_executor_shutdown_called(&self, py: Python<'_>, value: bool) {
+        self.state.borrow_mut(py).executor_shutdown_called = value;
+    }
+
+    #[getter]
+    fn _asyncgens_shutdown_called(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).asyncgens_shutdown_called
+    }
+
+    #[setter(_asyncgens_shutdown_called)]
+    fn set_asyncgens_shutdown_called(&self, py: Python<'_>, value: bool) {
+        self.state.borrow_mut(py).asyncgens_shutdown_called = value;
+    }
+
+    // ---- exceptions ----
+
+    fn get_exception_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).exception_handler.as_ref().map(|h| h.clone_ref(py))
+    }
+
+    fn set_exception_handler(&self, py: Python<'_>, handler: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !handler.is_none() && !handler.is_callable() {
+            return Err(PyTypeError::new_err(format!("A callable object or None is expected, got {}", handler.repr()?)));
+        }
+        let new = if handler.is_none() { None } else { Some(handler.clone().unbind()) };
+        let old = std::mem::replace(&mut self.state.borrow_mut(py).exception_handler, new);
+        drop(old);
+        Ok(())
+    }
+
+    fn default_exception_handler(&self, context: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = context.py();
+        let message = context.get_item("message")?.filter(|m| m.is_truthy().unwrap_or(false));
+        let message = match message {
+            Some(m) => m.str()?.to_string(),
+            None => "Unhandled exception in event loop".to_string(),
+        };
+        let exc_info: Bound<'_, PyAny> = match context.get_item("exception")? {
+            Some(e) if !e.is_none() => {
+                PyTuple::new(py, [e.get_type().into_any(), e.clone(), e.getattr("__traceback__")?])?.into_any()
+            }
+            _ => pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+        };
+        if !context.contains("source_traceback")? {
+            let current = self.state.borrow(py).current_handle.as_ref().map(|h| h.clone_ref(py));
+            if let Some(h) = current {
+                let tb = h.get().state.borrow(py).source_traceback.as_ref().map(|t| t.clone_ref(py));
+                if let Some(tb) = tb {
+                    context.set_item("handle_traceback", tb)?;
+                }
+            }
+        }
+        let format_list = py_attr!(py, "traceback", "format_list")?;
+        let mut lines = vec![message];
+        let keys = context.keys();
+        keys.sort()?;
+        for key in keys.iter() {
+            let k: String = key.str()?.to_string();
+            if k == "message" || k == "exception" {
+                continue;
+            }
+            let value = context.get_item(&key)?.unwrap_or_else(|| py.None().into_bound(py));
+            let text = if k == "source_traceback" || k == "handle_traceback" {
+                let tb: String = PyString::new(py, "").call_method1("join", (format_list.call1((&value,))?,))?.extract()?;
+                let what = if k == "source_traceback" { "Object" } else { "Handle" };
+                format!("{what} created at (most recent call last):\n{}", tb.trim_end())
+            } else {
+                value.repr()?.to_string()
+            };
+            lines.push(format!("{k}: {text}"));
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", exc_info)?;
+        py_attr!(py, "asyncio.log", "logger")?.call_method("error", (lines.join("\n"),), Some(&kwargs))?;
+        Ok(())
+    }
+
+    fn call_exception_handler(slf: &Bound<'_, Self>, context: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let handler = slf.get().state.borrow(py).exception_handler.as_ref().map(|h| h.clone_ref(py));
+        let logger = py_attr!(py, "asyncio.log", "logger")?;
+        let fatal = |e: &PyErr| e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py);
+        let log_error = |msg: &str| -> PyResult<()> {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("exc_info", true)?;
+            logger.call_method("error", (msg,), Some(&kwargs))?;
+            Ok(())
+        };
+        match handler {
+            None => {
+                if let Err(e) = slf.call_method1(intern!(py, "default_exception_handler"), (context,)) {
+                    if fatal(&e) {
+                        return Err(e);
+                    }
+                    e.restore(py);
+                    // Logged with the exception being handled, as in asyncio.
+                    let r = log_error("Exception in default exception handler");
+                    PyErr::take(py);
+                    r?;
+                }
+            }
+            Some(handler) => {
+                if let Err(exc) = handler.bind(py).call1((slf, context)) {
+                    if fatal(&exc) {
+                        return Err(exc);
+                    }
+                    let ctx = PyDict::new(py);
+                    ctx.set_item("message", "Unhandled error in exception handler")?;
+                    ctx.set_item("exception", exc.value(py))?;
+                    ctx.set_item("context", context)?;
+                    if let Err(e) = slf.call_method1(intern!(py, "default_exception_handler"), (ctx,)) {
+                        if fatal(&e) {
+                            return Err(e);
+                        }
+                        e.restore(py);
+                        let r = log_error(
+                            "Exception in default exception handler while handling an unexpected error in custom exception handler",
+                        );
+                        PyErr::take(py);
+                        r?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- debug ----
+
+    fn get_debug(&self, py: Python<'_>) -> bool {
+        self.debug(py)
+    }
+
+    fn set_debug(slf: &Bound<'_, Self>, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let enabled = enabled.is_truthy()?;
+        slf.get().state.borrow_mut(py).debug = enabled;
+        if slf.get().is_running(py) {
+            let cb = slf.getattr(intern!(py, "_set_coroutine_origin_tracking"))?;
+            slf.call_method1(intern!(py, "call_soon_threadsafe"), (cb, enabled))?;
+        }
+        Ok(())
+    }
+
+    fn _set_coroutine_origin_tracking(&self, py: Python<'_>, enabled: bool) -> PyResult<()> {
+        self.set_coroutine_origin_tracking(py, enabled)
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        self.state.borrow(py).slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        self.state.borrow_mut(py).slow_callback_duration = value;
+    }
+
+    #[getter]
+    fn _thread_id(&self, py: Python<'_>) -> Option<u64> {
+        self.state.borrow(py).thread_id
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow() {
+            for h in &st.ready {
+                visit.call(h)?;
+            }
+            for h in st.timers.iter() {
+                visit.call(h)?;
+            }
+            for w in st.fds.values() {
+                visit.call(&w.reader)?;
+                visit.call(&w.writer)?;
+            }
+            visit.call(&st.exception_handler)?;
+            visit.call(&st.task_factory)?;
+            visit.call(&st.current_handle)?;
+            visit.call(&st.default_executor)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = Python::attach(|py| {
+            let mut st = self.state.borrow_mut(py);
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.drain(),
+                std::mem::take(&mut st.fds),
+                st.exception_handler.take(),
+                st.task_factory.take(),
+                st.current_handle.take(),
+                st.default_executor.take(),
+            )
+        });
+        drop(taken);
+    }
+}
+
+impl LoopCore {
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = {
+            let st = this.state.borrow(py);
+            if st.closed {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            }
+            st.debug
+        };
+        if debug {
+            this.check_thread(py)?;
+            Self::check_callback(callback, method)?;
+        }
+        let base = Handle::new_state(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            Self::current_context(py, context)?,
+            slf.clone().unbind(),
+            Self::source_traceback(py, debug)?,
+            true,
+        );
+        base.state.borrow_mut(py).scheduled = true;
+        let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when }))?;
+        let as_handle: Py<Handle> = timer.clone().into_super().unbind();
+        this.state.borrow_mut(py).timers.push(when, as_handle);
+        Ok(timer.unbind())
+    }
+}
+
+pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<LoopCore>()?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! ferroloop's native core: `ferroloop._core`. This file only wires the modules.
+
+pub mod reactor;
+
+mod event_loop;
+mod gil;
+mod handles;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    event_loop::init_pymodule(m)?;
+    handles::init_pymodule(m)?;
+    Ok(())
+}
