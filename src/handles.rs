@@ -31,12 +31,12 @@ pub(crate) struct HandleState {
     pub(crate) is_timer: bool,
 }
 
-#[pyclass(module = "ferroloop._core", subclass, frozen, weakref, freelist = 256)]
+#[pyclass(module = "ferroloop._core", subclass, frozen, weakref)]
 pub struct Handle {
     pub(crate) state: GilCell<HandleState>,
 }
 
-#[pyclass(module = "ferroloop._core", extends = Handle, frozen, freelist = 256)]
+#[pyclass(module = "ferroloop._core", extends = Handle, frozen)]
 pub struct TimerHandle {
     pub(crate) when: f64,
 }

@@ -1,0 +1,192 @@
+//! Command-line parsing for the load generator (no dependency beyond std).
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::net::Target;
+
+pub const USAGE: &str = "\
+usage: loadgen MODE TARGET [options]
+
+modes:
+  echo    each connection sends a message, waits for the whole echo, repeats
+  http    HTTP/1.1 keep-alive GET requests; responses need Content-Length
+  churn   connect, send one message, read its echo, close; repeat
+
+target (one of):
+  --tcp HOST:PORT        TCP address (TCP_NODELAY is set)
+  --host HOST --port N   same, in two parts
+  --unix PATH            Unix stream socket
+
+options:
+  --conns N          concurrent connections (default 10)
+  --size BYTES       message size for echo and churn (default 1024)
+  --duration SECS    length of the measured window (default 5)
+  --warmup SECS      load before the window, not measured (default 1)
+  --path PATH        request path for http (default /)
+  --hold             after the window, keep the connections open until stdin closes
+
+Prints `window-start` and `window-end` lines on stderr at the edges of the measured window and
+one JSON line on stdout:
+  {\"ops\":N,\"seconds\":S,\"ops_per_sec\":X,\"p50_us\":..,\"p99_us\":..,\"errors\":E,...}
+";
+
+/// What kind of load to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Echo,
+    Http,
+    Churn,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Http => "http",
+            Mode::Churn => "churn",
+        }
+    }
+}
+
+/// Everything one run needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub target: Target,
+    /// `Host` header value for http.
+    pub host: String,
+    pub conns: usize,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub path: String,
+    pub hold: bool,
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    let secs: f64 = value.parse().map_err(|_| format!("{flag}: not a number: {value}"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{flag}: out of range: {value}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn count(flag: &str, value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag}: expected a positive integer, got {value}")),
+    }
+}
+
+fn resolve(hostport: &str) -> Result<Target, String> {
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("no address for {hostport}"))?;
+    Ok(Target::Tcp(addr))
+}
+
+/// Parses `args` (without the program name).
+pub fn parse(args: &[String]) -> Result<Config, String> {
+    let mut it = args.iter();
+    let mode = match it.next().map(String::as_str) {
+        Some("echo") => Mode::Echo,
+        Some("http") => Mode::Http,
+        Some("churn") => Mode::Churn,
+        Some(other) => return Err(format!("unknown mode {other}")),
+        None => return Err("missing mode".into()),
+    };
+    let mut tcp = None;
+    let mut host = None;
+    let mut port = None;
+    let mut unix = None;
+    let mut cfg = Config {
+        mode,
+        target: Target::Unix(PathBuf::new()),
+        host: String::new(),
+        conns: 10,
+        size: 1024,
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        path: "/".into(),
+        hold: false,
+    };
+    while let Some(flag) = it.next() {
+        if flag == "--hold" {
+            cfg.hold = true;
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--tcp" => tcp = Some(value.clone()),
+            "--host" => host = Some(value.clone()),
+            "--port" => port = Some(value.parse::<u16>().map_err(|_| format!("bad port {value}"))?),
+            "--unix" => unix = Some(PathBuf::from(value)),
+            "--conns" | "--concurrency" => cfg.conns = count(flag, value)?,
+            "--size" => cfg.size = count(flag, value)?,
+            "--duration" => cfg.duration = seconds(flag, value)?,
+            "--warmup" => cfg.warmup = seconds(flag, value)?,
+            "--path" => cfg.path = value.clone(),
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    cfg.target = match (tcp, host, port, unix) {
+        (Some(hp), None, None, None) => {
+            cfg.host = hp.clone();
+            resolve(&hp)?
+        }
+        (None, Some(h), Some(p), None) => {
+            let hp = if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") };
+            cfg.host = hp.clone();
+            resolve(&hp)?
+        }
+        (None, None, None, Some(path)) => {
+            cfg.host = "localhost".into();
+            Target::Unix(path)
+        }
+        _ => return Err("give exactly one target: --tcp HOST:PORT, --host HOST --port N, or --unix PATH".into()),
+    };
+    if cfg.mode == Mode::Http && !cfg.path.starts_with('/') {
+        return Err("--path must start with /".into());
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let cfg = parse(&strings("echo --tcp 127.0.0.1:9 --conns 3 --size 10 --duration 0.5 --warmup 0 --hold")).unwrap();
+        assert_eq!(cfg.mode, Mode::Echo);
+        assert!(matches!(cfg.target, Target::Tcp(a) if a.port() == 9));
+        assert_eq!((cfg.conns, cfg.size, cfg.hold), (3, 10, true));
+        assert_eq!(cfg.duration, Duration::from_millis(500));
+        assert_eq!(cfg.warmup, Duration::ZERO);
+    }
+
+    #[test]
+    fn host_and_port_and_unix() {
+        let cfg = parse(&strings("http --host 127.0.0.1 --port 80")).unwrap();
+        assert_eq!(cfg.host, "127.0.0.1:80");
+        let cfg = parse(&strings("churn --unix /tmp/x.sock")).unwrap();
+        assert!(matches!(cfg.target, Target::Unix(_)));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(parse(&strings("echo")).is_err());
+        assert!(parse(&strings("nope --tcp 127.0.0.1:1")).is_err());
+        assert!(parse(&strings("echo --tcp 127.0.0.1:1 --unix /x")).is_err());
+        assert!(parse(&strings("echo --tcp 127.0.0.1:1 --conns 0")).is_err());
+        assert!(parse(&strings("echo --tcp 127.0.0.1:1 --duration")).is_err());
+    }
+}
