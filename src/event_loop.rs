@@ -1052,7 +1052,7 @@ impl LoopCore {
                     }
                     let ctx = PyDict::new(py);
                     ctx.set_item("message", "Unhandled error in exception handler")?;
-                    ctx.set_item("exception", exc.value(py))?;
+                    ctx.set_item("exception", exc.into_value(py))?;
                     ctx.set_item("context", context)?;
                     if let Err(e) = slf.call_method1(intern!(py, "default_exception_handler"), (ctx,)) {
                         if fatal(&e) {

@@ -95,7 +95,7 @@ impl Handle {
                 let source = format_callback_source(py, callback.bind(py), args.bind(py).as_any())?;
                 let ctx = PyDict::new(py);
                 ctx.set_item("message", format!("Exception in callback {source}"))?;
-                ctx.set_item("exception", err.value(py))?;
+                ctx.set_item("exception", err.into_value(py))?;
                 ctx.set_item("handle", slf)?;
                 let (loop_, tb) = {
                     let st = slf.get().state.borrow(py);
@@ -104,7 +104,6 @@ impl Handle {
                 if let Some(tb) = tb {
                     ctx.set_item("source_traceback", tb)?;
                 }
-                drop(err);
                 if let Some(l) = loop_ {
                     l.bind(py).call_method1(pyo3::intern!(py, "call_exception_handler"), (ctx,))?;
                 }
@@ -122,22 +121,19 @@ impl Handle {
             }
             (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.is_timer, st.scheduled)
         };
-        let mut repr = None;
         if let Some(l) = &loop_ {
             if is_timer && scheduled {
                 l.get().timer_cancelled(py);
             }
-            if l.get().debug(py) {
-                // Keep the callback's description for the slow-callback warning.
-                repr = Some(slf.repr()?.into_any().unbind());
-            }
+        }
+        slf.get().state.borrow_mut(py).cancelled = true;
+        if loop_.as_ref().is_some_and(|l| l.get().debug(py)) {
+            // Keep the description (now saying "cancelled") for the slow-callback warning.
+            let repr = slf.repr()?.into_any().unbind();
+            slf.get().state.borrow_mut(py).repr = Some(repr);
         }
         let (cb, args) = {
             let mut st = slf.get().state.borrow_mut(py);
-            st.cancelled = true;
-            if repr.is_some() {
-                st.repr = repr;
-            }
             (st.callback.take(), st.args.take())
         };
         // Dropped here, after the borrow ends: a finaliser may re-enter the loop.
