@@ -24,6 +24,7 @@ use crate::reactor::clock;
 use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
+use crate::transports::stream::StreamTransport;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
 const MAX_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -38,16 +39,62 @@ const DEBUG_STACK_DEPTH: i32 = 10;
 /// The poller token of the waker; fds use their own number as token.
 const WAKER_TOKEN: u64 = u64::MAX;
 
+/// What is called when an fd is ready: a user's callback (`add_reader`), or a
+/// transport's own Rust read or write path.
+pub(crate) enum Watcher {
+    Handle(Py<Handle>),
+    Transport(Py<StreamTransport>),
+}
+
+impl Watcher {
+    fn to_ready(&self, py: Python<'_>, read: bool) -> Option<Ready> {
+        match self {
+            Watcher::Handle(h) if h.get().is_cancelled(py) => None,
+            Watcher::Handle(h) => Some(Ready::Handle(h.clone_ref(py))),
+            Watcher::Transport(t) if read => Some(Ready::Read(t.clone_ref(py))),
+            Watcher::Transport(t) => Some(Ready::Write(t.clone_ref(py))),
+        }
+    }
+
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Watcher::Handle(h) => visit.call(h),
+            Watcher::Transport(t) => visit.call(t),
+        }
+    }
+}
+
+/// An entry of the ready queue.
+pub(crate) enum Ready {
+    Handle(Py<Handle>),
+    /// A transport's socket is readable.
+    Read(Py<StreamTransport>),
+    /// A transport's socket is writable.
+    Write(Py<StreamTransport>),
+}
+
+impl Ready {
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Ready::Handle(h) => visit.call(h),
+            Ready::Read(t) | Ready::Write(t) => visit.call(t),
+        }
+    }
+}
+
 /// The reader and writer watching one fd.
 #[derive(Default)]
 struct FdWatch {
-    reader: Option<Py<Handle>>,
-    writer: Option<Py<Handle>>,
+    reader: Option<Watcher>,
+    writer: Option<Watcher>,
 }
 
 impl FdWatch {
     fn interest(&self) -> Interest {
-        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
     }
 }
 
@@ -57,15 +104,24 @@ struct Io {
     waker: Waker,
 }
 
+impl LoopState {
+    pub(crate) fn closed_flag(&self) -> bool {
+        self.closed
+    }
+}
+
 pub(crate) struct LoopState {
     /// Handles to run in the next step, in call order.
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Ready>,
     /// Timers (TimerHandle, held as their Handle base) waiting for their deadline.
     timers: TimerHeap<Py<Handle>>,
     /// How many timers in `timers` are cancelled but not yet removed.
     timer_cancelled: usize,
     /// fd -> its reader and writer; every key is registered with the poller.
     fds: HashMap<RawFd, FdWatch>,
+    /// fd -> the transport that owns it, until its connection is lost; `add_reader`
+    /// and friends refuse these fds, as asyncio does.
+    transports: HashMap<RawFd, Py<StreamTransport>>,
     stopping: bool,
     closed: bool,
     /// The thread running the loop (pthread_self, as `threading.get_ident()`).
@@ -89,6 +145,9 @@ pub struct LoopCore {
     io: GilCell<Option<Io>>,
     /// Reused across polls; touched only by the loop thread.
     events: GilCell<Events>,
+    /// Transports receive into this buffer, shared by all of them, then copy out
+    /// exactly what arrived.
+    pub(crate) read_buf: GilCell<Box<[u8]>>,
     /// True while the loop thread may be blocked in poll with the GIL released:
     /// `call_soon_threadsafe` must then wake it.
     polling: AtomicBool,
@@ -166,7 +225,9 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("This event loop is already running"));
         }
         if !py_attr!(py, "asyncio.events", "_get_running_loop")?.call0()?.is_none() {
-            return Err(PyRuntimeError::new_err("Cannot run the event loop while another loop is running"));
+            return Err(PyRuntimeError::new_err(
+                "Cannot run the event loop while another loop is running",
+            ));
         }
         Ok(())
     }
@@ -186,10 +247,16 @@ impl LoopCore {
     /// Debug mode: coroutines and non-callables are refused.
     fn check_callback(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
         let py = callback.py();
-        if py_attr!(py, "asyncio", "iscoroutine")?.call1((callback,))?.is_truthy()?
-            || py_attr!(py, "asyncio", "iscoroutinefunction")?.call1((callback,))?.is_truthy()?
+        if py_attr!(py, "asyncio", "iscoroutine")?
+            .call1((callback,))?
+            .is_truthy()?
+            || py_attr!(py, "asyncio", "iscoroutinefunction")?
+                .call1((callback,))?
+                .is_truthy()?
         {
-            return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+            return Err(PyTypeError::new_err(format!(
+                "coroutines cannot be used with {method}()"
+            )));
         }
         if !callback.is_callable() {
             return Err(PyTypeError::new_err(format!(
@@ -243,7 +310,7 @@ impl LoopCore {
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
-        self.state.borrow_mut(py).ready.push_back(handle);
+        self.state.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         if wake && self.polling.load(Ordering::SeqCst) {
             if let Some(io) = self.io.borrow(py).as_ref() {
                 io.waker.wake();
@@ -359,27 +426,18 @@ impl LoopCore {
                 }
                 let fd = ev.token as RawFd;
                 let Some(w) = st.fds.get(&fd) else { continue };
-                if ev.readable {
-                    if let Some(r) = &w.reader {
-                        if r.get().is_cancelled(py) {
-                            cancelled_fds.push((fd, true));
-                        } else {
-                            st.ready.push_back(r.clone_ref(py));
-                        }
-                    }
-                }
-                if ev.writable {
-                    if let Some(wr) = &w.writer {
-                        if wr.get().is_cancelled(py) {
-                            cancelled_fds.push((fd, false));
-                        } else {
-                            st.ready.push_back(wr.clone_ref(py));
-                        }
+                for (ready, watcher, read) in [(ev.readable, &w.reader, true), (ev.writable, &w.writer, false)] {
+                    let Some(watcher) = watcher.as_ref().filter(|_| ready) else {
+                        continue;
+                    };
+                    match watcher.to_ready(py, read) {
+                        Some(r) => st.ready.push_back(r),
+                        None => cancelled_fds.push((fd, read)),
                     }
                 }
             }
             for (fd, read) in cancelled_fds {
-                if let Some(h) = Self::unwatch(st, &io.poller, fd, read) {
+                if let Some(Watcher::Handle(h)) = Self::unwatch(st, &io.poller, fd, read) {
                     garbage.push(h);
                 }
             }
@@ -388,7 +446,7 @@ impl LoopCore {
             let end = clock::monotonic() + CLOCK_RESOLUTION;
             while let Some(h) = st.timers.pop_due(end) {
                 h.get().state.borrow_mut(py).scheduled = false;
-                st.ready.push_back(h);
+                st.ready.push_back(Ready::Handle(h));
             }
         }
         drop(garbage);
@@ -396,21 +454,27 @@ impl LoopCore {
         // Run exactly what is ready now; what these callbacks schedule waits for the next step.
         let ntodo = this.state.borrow(py).ready.len();
         for _ in 0..ntodo {
-            let (handle, debug) = {
+            let (entry, debug) = {
                 let mut st = this.state.borrow_mut(py);
                 match st.ready.pop_front() {
-                    Some(h) => (h, st.debug),
+                    Some(r) => (r, st.debug),
                     None => break,
                 }
             };
-            let handle = handle.into_bound(py);
-            if handle.get().is_cancelled(py) {
-                continue;
-            }
-            if debug {
-                Self::run_debug(slf, &handle)?;
-            } else {
-                Handle::run(&handle)?;
+            match entry {
+                Ready::Handle(handle) => {
+                    let handle = handle.into_bound(py);
+                    if handle.get().is_cancelled(py) {
+                        continue;
+                    }
+                    if debug {
+                        Self::run_debug(slf, &handle)?;
+                    } else {
+                        Handle::run(&handle)?;
+                    }
+                }
+                Ready::Read(t) => StreamTransport::read_ready(t.bind(py))?,
+                Ready::Write(t) => StreamTransport::write_ready(t.bind(py))?,
             }
         }
         Ok(())
@@ -440,7 +504,7 @@ impl LoopCore {
 
     /// Removes the reader (`read`) or writer of `fd`, updating the poller. Returns the
     /// removed handle, to be cancelled and dropped by the caller outside the borrow.
-    fn unwatch(st: &mut LoopState, poller: &Poller, fd: RawFd, read: bool) -> Option<Py<Handle>> {
+    fn unwatch(st: &mut LoopState, poller: &Poller, fd: RawFd, read: bool) -> Option<Watcher> {
         let w = st.fds.get_mut(&fd)?;
         let old = if read { w.reader.take() } else { w.writer.take() };
         let interest = w.interest();
@@ -463,9 +527,27 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let fd_obj = fd;
         let fd = fileobj_to_fd(fd)?;
+        this.ensure_fd_no_transport(py, fd_obj, fd)?;
         this.check_closed(py)?;
-        let handle = Self::new_handle(slf, callback, args, None, false)?;
+        let handle = Watcher::Handle(Self::new_handle(slf, callback, args, None, false)?);
+        let old = this.watch_raw(py, fd, handle, read)?;
+        if let Some(Watcher::Handle(old)) = old {
+            Handle::do_cancel(old.bind(py))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `watcher` the reader (`read`) or writer of `fd`; returns the one it replaces.
+    pub(crate) fn watch_raw(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        handle: Watcher,
+        read: bool,
+    ) -> PyResult<Option<Watcher>> {
+        let this = self;
         let old = {
             let io = this.io.borrow(py);
             let Some(io) = io.as_ref() else {
@@ -474,7 +556,11 @@ impl LoopCore {
             let mut st = this.state.borrow_mut(py);
             let existed = st.fds.contains_key(&fd);
             let w = st.fds.entry(fd).or_default();
-            let old = if read { w.reader.replace(handle) } else { w.writer.replace(handle) };
+            let old = if read {
+                w.reader.replace(handle)
+            } else {
+                w.writer.replace(handle)
+            };
             let interest = w.interest();
             let r = if existed {
                 io.poller.modify(fd, interest, fd as u64)
@@ -484,7 +570,11 @@ impl LoopCore {
             if let Err(e) = r {
                 // Undo: the fd is not watched after a failed registration.
                 let w = st.fds.get_mut(&fd).expect("entry just inserted");
-                let new = if read { std::mem::replace(&mut w.reader, old) } else { std::mem::replace(&mut w.writer, old) };
+                let new = if read {
+                    std::mem::replace(&mut w.reader, old)
+                } else {
+                    std::mem::replace(&mut w.writer, old)
+                };
                 if !existed {
                     st.fds.remove(&fd);
                 }
@@ -494,31 +584,76 @@ impl LoopCore {
             }
             old
         };
-        if let Some(old) = old {
-            Handle::do_cancel(old.bind(py))?;
+        Ok(old)
+    }
+
+    /// Stops watching `fd` for reading (`read`) or writing; returns what watched it.
+    pub(crate) fn unwatch_raw(&self, py: Python<'_>, fd: RawFd, read: bool) -> Option<Watcher> {
+        let io = self.io.borrow(py);
+        let io = io.as_ref()?;
+        let mut st = self.state.borrow_mut(py);
+        if st.closed {
+            return None;
         }
+        Self::unwatch(&mut st, &io.poller, fd, read)
+    }
+
+    /// asyncio's `_ensure_fd_no_transport`: an fd owned by an open transport is not
+    /// for `add_reader` and friends.
+    fn ensure_fd_no_transport(&self, py: Python<'_>, fd_obj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+        let t = self.state.borrow(py).transports.get(&fd).map(|t| t.clone_ref(py));
+        if let Some(t) = t {
+            if !t.get().is_closing(py) {
+                return Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {} is used by transport {}",
+                    fd_obj.repr()?,
+                    StreamTransport::facade(t.bind(py)).repr()?
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: Py<StreamTransport>) {
+        let old = self.state.borrow_mut(py).transports.insert(fd, t);
+        drop(old);
+    }
+
+    pub(crate) fn unregister_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, StreamTransport>) {
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            match st.transports.get(&fd) {
+                Some(cur) if cur.is(t) => st.transports.remove(&fd),
+                _ => None,
+            }
+        };
+        drop(old);
+    }
+
+    /// `call_soon` for the loop's own callbacks: no checks, no debug traceback.
+    pub(crate) fn call_soon_internal(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let handle = Self::new_handle(slf, callback, args, None, false)?;
+        slf.get().push_ready(py, handle, false);
         Ok(())
     }
 
     fn unwatch_py(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
+        let fd_obj = fd;
         let fd = fileobj_to_fd(fd)?;
-        let old = {
-            let io = this.io.borrow(py);
-            let Some(io) = io.as_ref() else { return Ok(false) };
-            let mut st = this.state.borrow_mut(py);
-            if st.closed || !st.fds.contains_key(&fd) {
-                return Ok(false);
-            }
-            Self::unwatch(&mut st, &io.poller, fd, read)
-        };
-        match old {
-            Some(h) => {
+        this.ensure_fd_no_transport(py, fd_obj, fd)?;
+        match this.unwatch_raw(py, fd, read) {
+            Some(Watcher::Handle(h)) => {
                 Handle::do_cancel(h.bind(py))?;
                 Ok(true)
             }
-            None => Ok(false),
+            _ => Ok(false),
         }
     }
 }
@@ -547,7 +682,8 @@ fn _run_until_complete_cb(fut: &Bound<'_, PyAny>) -> PyResult<()> {
             return Ok(());
         }
     }
-    fut.call_method0(intern!(py, "get_loop"))?.call_method0(intern!(py, "stop"))?;
+    fut.call_method0(intern!(py, "get_loop"))?
+        .call_method0(intern!(py, "stop"))?;
     Ok(())
 }
 
@@ -558,13 +694,16 @@ impl LoopCore {
     fn new(py: Python<'_>, _args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let poller = Poller::new().map_err(os_error)?;
         let waker = Waker::new().map_err(os_error)?;
-        poller.register(waker.as_raw_fd(), Interest::READ, WAKER_TOKEN).map_err(os_error)?;
+        poller
+            .register(waker.as_raw_fd(), Interest::READ, WAKER_TOKEN)
+            .map_err(os_error)?;
         Ok(LoopCore {
             state: GilCell::new(LoopState {
                 ready: VecDeque::new(),
                 timers: TimerHeap::default(),
                 timer_cancelled: 0,
                 fds: HashMap::new(),
+                transports: HashMap::new(),
                 stopping: false,
                 closed: false,
                 thread_id: None,
@@ -580,6 +719,7 @@ impl LoopCore {
             }),
             io: GilCell::new(Some(Io { poller, waker })),
             events: GilCell::new(Events::with_capacity(256)),
+            read_buf: GilCell::new(vec![0u8; crate::transports::stream::MAX_READ].into_boxed_slice()),
             polling: AtomicBool::new(false),
         })
     }
@@ -679,7 +819,7 @@ impl LoopCore {
         if debug {
             py_attr!(py, "asyncio.log", "logger")?.call_method1(intern!(py, "debug"), ("Close %r", slf))?;
         }
-        let (ready, timers, fds, executor) = {
+        let (ready, timers, fds, transports, executor) = {
             let mut st = this.state.borrow_mut(py);
             st.closed = true;
             st.executor_shutdown_called = true;
@@ -687,13 +827,14 @@ impl LoopCore {
                 std::mem::take(&mut st.ready),
                 st.timers.drain(),
                 std::mem::take(&mut st.fds),
+                std::mem::take(&mut st.transports),
                 st.default_executor.take(),
             )
         };
         let io = this.io.borrow_mut(py).take();
         // Dropping closes the epoll fd and the eventfd.
         drop(io);
-        drop((ready, timers, fds));
+        drop((ready, timers, fds, transports));
         if let Some(executor) = executor {
             let kwargs = PyDict::new(py);
             kwargs.set_item("wait", false)?;
@@ -840,7 +981,11 @@ impl LoopCore {
         if !factory.is_none() && !factory.is_callable() {
             return Err(PyTypeError::new_err("task factory must be a callable or None"));
         }
-        let new = if factory.is_none() { None } else { Some(factory.clone().unbind()) };
+        let new = if factory.is_none() {
+            None
+        } else {
+            Some(factory.clone().unbind())
+        };
         let old = std::mem::replace(&mut self.state.borrow_mut(py).task_factory, new);
         drop(old);
         Ok(())
@@ -898,7 +1043,10 @@ impl LoopCore {
         let executor = if executor.is_none() {
             let (current, shut) = {
                 let st = this.state.borrow(py);
-                (st.default_executor.as_ref().map(|e| e.clone_ref(py)), st.executor_shutdown_called)
+                (
+                    st.default_executor.as_ref().map(|e| e.clone_ref(py)),
+                    st.executor_shutdown_called,
+                )
             };
             if shut {
                 return Err(PyRuntimeError::new_err("Executor shutdown has been called"));
@@ -921,14 +1069,20 @@ impl LoopCore {
         let cfut = executor.call_method1(intern!(py, "submit"), PyTuple::new(py, submit_args)?)?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("loop", slf)?;
-        Ok(py_attr!(py, "asyncio", "wrap_future")?.call((cfut,), Some(&kwargs))?.unbind())
+        Ok(py_attr!(py, "asyncio", "wrap_future")?
+            .call((cfut,), Some(&kwargs))?
+            .unbind())
     }
 
     fn set_default_executor(&self, py: Python<'_>, executor: &Bound<'_, PyAny>) -> PyResult<()> {
         if !executor.is_instance(py_attr!(py, "concurrent.futures", "ThreadPoolExecutor")?)? {
             return Err(PyTypeError::new_err("executor must be ThreadPoolExecutor instance"));
         }
-        let old = self.state.borrow_mut(py).default_executor.replace(executor.clone().unbind());
+        let old = self
+            .state
+            .borrow_mut(py)
+            .default_executor
+            .replace(executor.clone().unbind());
         drop(old);
         Ok(())
     }
@@ -961,14 +1115,25 @@ impl LoopCore {
     // ---- exceptions ----
 
     fn get_exception_handler(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).exception_handler.as_ref().map(|h| h.clone_ref(py))
+        self.state
+            .borrow(py)
+            .exception_handler
+            .as_ref()
+            .map(|h| h.clone_ref(py))
     }
 
     fn set_exception_handler(&self, py: Python<'_>, handler: &Bound<'_, PyAny>) -> PyResult<()> {
         if !handler.is_none() && !handler.is_callable() {
-            return Err(PyTypeError::new_err(format!("A callable object or None is expected, got {}", handler.repr()?)));
+            return Err(PyTypeError::new_err(format!(
+                "A callable object or None is expected, got {}",
+                handler.repr()?
+            )));
         }
-        let new = if handler.is_none() { None } else { Some(handler.clone().unbind()) };
+        let new = if handler.is_none() {
+            None
+        } else {
+            Some(handler.clone().unbind())
+        };
         let old = std::mem::replace(&mut self.state.borrow_mut(py).exception_handler, new);
         drop(old);
         Ok(())
@@ -990,7 +1155,13 @@ impl LoopCore {
         if !context.contains("source_traceback")? {
             let current = self.state.borrow(py).current_handle.as_ref().map(|h| h.clone_ref(py));
             if let Some(h) = current {
-                let tb = h.get().state.borrow(py).source_traceback.as_ref().map(|t| t.clone_ref(py));
+                let tb = h
+                    .get()
+                    .state
+                    .borrow(py)
+                    .source_traceback
+                    .as_ref()
+                    .map(|t| t.clone_ref(py));
                 if let Some(tb) = tb {
                     context.set_item("handle_traceback", tb)?;
                 }
@@ -1007,7 +1178,9 @@ impl LoopCore {
             }
             let value = context.get_item(&key)?.unwrap_or_else(|| py.None().into_bound(py));
             let text = if k == "source_traceback" || k == "handle_traceback" {
-                let tb: String = PyString::new(py, "").call_method1("join", (format_list.call1((&value,))?,))?.extract()?;
+                let tb: String = PyString::new(py, "")
+                    .call_method1("join", (format_list.call1((&value,))?,))?
+                    .extract()?;
                 let what = if k == "source_traceback" { "Object" } else { "Handle" };
                 format!("{what} created at (most recent call last):\n{}", tb.trim_end())
             } else {
@@ -1023,7 +1196,13 @@ impl LoopCore {
 
     fn call_exception_handler(slf: &Bound<'_, Self>, context: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let handler = slf.get().state.borrow(py).exception_handler.as_ref().map(|h| h.clone_ref(py));
+        let handler = slf
+            .get()
+            .state
+            .borrow(py)
+            .exception_handler
+            .as_ref()
+            .map(|h| h.clone_ref(py));
         let logger = py_attr!(py, "asyncio.log", "logger")?;
         let fatal = |e: &PyErr| e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py);
         let log_error = |msg: &str| -> PyResult<()> {
@@ -1109,15 +1288,19 @@ impl LoopCore {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(st) = self.state.try_borrow() {
-            for h in &st.ready {
-                visit.call(h)?;
+            for r in &st.ready {
+                r.visit(&visit)?;
             }
             for h in st.timers.iter() {
                 visit.call(h)?;
             }
             for w in st.fds.values() {
-                visit.call(&w.reader)?;
-                visit.call(&w.writer)?;
+                for watcher in [&w.reader, &w.writer].into_iter().flatten() {
+                    watcher.visit(&visit)?;
+                }
+            }
+            for t in st.transports.values() {
+                visit.call(t)?;
             }
             visit.call(&st.exception_handler)?;
             visit.call(&st.task_factory)?;
@@ -1134,6 +1317,7 @@ impl LoopCore {
                 std::mem::take(&mut st.ready),
                 st.timers.drain(),
                 std::mem::take(&mut st.fds),
+                std::mem::take(&mut st.transports),
                 st.exception_handler.take(),
                 st.task_factory.take(),
                 st.current_handle.take(),

@@ -99,13 +99,17 @@ impl Handle {
                 ctx.set_item("handle", slf)?;
                 let (loop_, tb) = {
                     let st = slf.get().state.borrow(py);
-                    (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.source_traceback.as_ref().map(|t| t.clone_ref(py)))
+                    (
+                        st.loop_.as_ref().map(|l| l.clone_ref(py)),
+                        st.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+                    )
                 };
                 if let Some(tb) = tb {
                     ctx.set_item("source_traceback", tb)?;
                 }
                 if let Some(l) = loop_ {
-                    l.bind(py).call_method1(pyo3::intern!(py, "call_exception_handler"), (ctx,))?;
+                    l.bind(py)
+                        .call_method1(pyo3::intern!(py, "call_exception_handler"), (ctx,))?;
                 }
                 Ok(())
             }
@@ -171,7 +175,11 @@ impl Handle {
             let tb = tb.bind(py);
             if tb.len()? > 0 {
                 let frame = tb.get_item(-1)?;
-                info.push(format!("created at {}:{}", frame.get_item(0)?.str()?, frame.get_item(1)?.str()?));
+                info.push(format!(
+                    "created at {}:{}",
+                    frame.get_item(0)?.str()?,
+                    frame.get_item(1)?.str()?
+                ));
             }
         }
         Ok(info)

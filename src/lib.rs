@@ -1,10 +1,12 @@
 //! ferroloop's native core: `ferroloop._core`. This file only wires the modules.
 
+#[macro_use]
 pub mod reactor;
 
 mod event_loop;
 mod gil;
 mod handles;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -12,5 +14,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::init_pymodule(m)?;
     handles::init_pymodule(m)?;
+    transports::init_pymodule(m)?;
     Ok(())
 }

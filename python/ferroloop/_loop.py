@@ -16,6 +16,7 @@ import warnings
 import weakref
 
 from ferroloop._core import LoopCore
+from ferroloop._transports import SocketTransport
 
 
 class Loop(LoopCore, asyncio.AbstractEventLoop):
@@ -112,6 +113,12 @@ class Loop(LoopCore, asyncio.AbstractEventLoop):
         except Exception as ex:
             if not self.is_closed() and not future.cancelled():
                 self.call_soon_threadsafe(future.set_exception, ex)
+
+    # ---- transports ----
+
+    def _make_stream_transport(self, sock, protocol, waiter=None, extra=None, server=None):
+        """Wrap a connected non-blocking stream socket in a transport (Rust data path)."""
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     # ---- name resolution (through the default executor) ----
 

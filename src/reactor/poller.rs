@@ -19,9 +19,18 @@ pub struct Interest {
 }
 
 impl Interest {
-    pub const NONE: Interest = Interest { readable: false, writable: false };
-    pub const READ: Interest = Interest { readable: true, writable: false };
-    pub const WRITE: Interest = Interest { readable: false, writable: true };
+    pub const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+    };
+    pub const READ: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    pub const WRITE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
 
     pub fn is_empty(self) -> bool {
         !self.readable && !self.writable
@@ -65,7 +74,10 @@ pub struct Events {
 
 impl Events {
     pub fn with_capacity(n: usize) -> Events {
-        Events { raw: Vec::with_capacity(n), out: Vec::with_capacity(n) }
+        Events {
+            raw: Vec::with_capacity(n),
+            out: Vec::with_capacity(n),
+        }
     }
 
     pub fn clear(&mut self) {
@@ -94,7 +106,10 @@ impl Poller {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events: interest.to_epoll(), u64: token };
+        let mut ev = libc::epoll_event {
+            events: interest.to_epoll(),
+            u64: token,
+        };
         syscall!(epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev)).map(|_| ())
     }
 
@@ -140,11 +155,22 @@ impl Poller {
         let buf = raw.as_mut_ptr();
         if let Some(t) = timeout {
             if !t.is_zero() && !NO_PWAIT2.load(Ordering::Relaxed) {
-                let ts = libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ };
+                let ts = libc::timespec {
+                    tv_sec: t.as_secs() as libc::time_t,
+                    tv_nsec: t.subsec_nanos() as _,
+                };
                 // SAFETY: buf has room for `cap` events; ts lives across the call;
                 // a null sigmask means "leave the signal mask alone".
                 let r = unsafe {
-                    libc::syscall(libc::SYS_epoll_pwait2, epfd, buf, cap, &ts as *const libc::timespec, 0usize, 0usize)
+                    libc::syscall(
+                        libc::SYS_epoll_pwait2,
+                        epfd,
+                        buf,
+                        cap,
+                        &ts as *const libc::timespec,
+                        0usize,
+                        0usize,
+                    )
                 };
                 if r >= 0 {
                     return Ok(r as usize);

@@ -39,7 +39,10 @@ pub struct TimerHeap<T> {
 
 impl<T> Default for TimerHeap<T> {
     fn default() -> Self {
-        TimerHeap { heap: BinaryHeap::new(), next_seq: 0 }
+        TimerHeap {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+        }
     }
 }
 
@@ -92,7 +95,11 @@ impl<T> TimerHeap<T> {
 
     /// Empties the heap, handing back every item.
     pub fn drain(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.item)
+            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {

@@ -1,0 +1,10 @@
+//! Transports: the data path between sockets and protocols, in Rust.
+
+pub(crate) mod stream;
+
+use pyo3::prelude::*;
+
+pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<stream::StreamTransport>()?;
+    Ok(())
+}

@@ -1,0 +1,1016 @@
+//! The stream transport (TCP and Unix sockets), with asyncio's selector transport
+//! semantics and the data path in Rust.
+//!
+//! Reading: one `recv` per readiness event into the loop's shared buffer, one `bytes`
+//! built from what arrived, and the protocol's cached `data_received` called with it
+//! (or `get_buffer`/`buffer_updated` for a BufferedProtocol, receiving straight into
+//! the protocol's buffer). Writing: `write()` sends at once when nothing is queued and
+//! queues only the rest; the queue is flushed with vectored writes when the socket is
+//! writable. Flow control follows asyncio (high 64 KiB, low 16 KiB by default).
+//!
+//! The object handed to protocols is a thin Python facade (`ferroloop._transports`),
+//! a subclass of `asyncio.Transport` whose hot methods are slots holding this
+//! object's bound methods.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+
+use crate::event_loop::{LoopCore, Watcher};
+use crate::gil::{py_attr, GilCell};
+
+/// Bytes read per readiness event at most (asyncio's `max_size`).
+pub(crate) const MAX_READ: usize = 256 * 1024;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// Buffers handed to one `writev`.
+const IOV_BATCH: usize = 64;
+const DEFAULT_HIGH: usize = 64 * 1024;
+
+/// Bytes queued for sending: whole chunks, the first one partly sent.
+#[derive(Default)]
+struct WriteBuffer {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the first chunk already sent.
+    offset: usize,
+    /// Bytes queued in all, not counting `offset`.
+    size: usize,
+}
+
+impl WriteBuffer {
+    fn push(&mut self, data: &[u8]) {
+        self.size += data.len();
+        // Small writes join the last chunk, so a flush needs few iovecs.
+        // The first chunk is left alone while partly sent, so `offset` stays valid.
+        let joinable = self.chunks.len() > 1 || self.offset == 0;
+        match self.chunks.back_mut() {
+            Some(last) if joinable && last.len() + data.len() <= 16 * 1024 => last.extend_from_slice(data),
+            _ => self.chunks.push_back(data.to_vec()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.offset = 0;
+        self.size = 0;
+    }
+
+    fn iovecs(&self) -> Vec<libc::iovec> {
+        self.chunks
+            .iter()
+            .take(IOV_BATCH)
+            .enumerate()
+            .map(|(i, c)| {
+                let start = if i == 0 { self.offset } else { 0 };
+                libc::iovec {
+                    iov_base: c[start..].as_ptr() as *mut libc::c_void,
+                    iov_len: c.len() - start,
+                }
+            })
+            .collect()
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.size -= n;
+        while n > 0 {
+            let first = self.chunks.front().expect("consumed more than queued");
+            let left = first.len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.chunks.pop_front();
+                self.offset = 0;
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+struct TransportState {
+    loop_: Option<Py<LoopCore>>,
+    /// The Python socket object; closed once the connection is lost.
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// The protocol's bound methods, looked up once per protocol.
+    data_received: Option<Py<PyAny>>,
+    get_buffer: Option<Py<PyAny>>,
+    buffer_updated: Option<Py<PyAny>>,
+    buffered: bool,
+    /// The `asyncio.Transport` facade that protocols see.
+    facade: Option<Py<PyAny>>,
+    server: Option<Py<PyAny>>,
+    buffer: WriteBuffer,
+    high: usize,
+    low: usize,
+    protocol_paused: bool,
+    closing: bool,
+    /// write_eof() was called.
+    eof: bool,
+    /// pause_reading() was called.
+    paused: bool,
+    /// Writes attempted after the connection was lost, plus one once it is.
+    conn_lost: u32,
+    protocol_connected: bool,
+    /// Registered with the loop for reading / writing.
+    reading: bool,
+    writing: bool,
+}
+
+#[pyclass(module = "ferroloop._core", frozen, weakref)]
+pub struct StreamTransport {
+    fd: RawFd,
+    state: GilCell<TransportState>,
+}
+
+fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
+fn io_to_pyerr(e: std::io::Error) -> PyErr {
+    PyOSError::new_err((
+        e.raw_os_error().unwrap_or(0),
+        e.to_string().split(" (os error").next().unwrap_or("").to_string(),
+    ))
+}
+
+/// A borrowed contiguous buffer of a bytes-like object.
+struct BufferView(ffi::Py_buffer);
+
+impl BufferView {
+    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<BufferView> {
+        // SAFETY: an all-zero Py_buffer is a valid "empty" value that PyObject_GetBuffer fills.
+        let mut view: ffi::Py_buffer = unsafe { std::mem::zeroed() };
+        let flags = if writable {
+            ffi::PyBUF_WRITABLE
+        } else {
+            ffi::PyBUF_SIMPLE
+        };
+        // SAFETY: obj is a live object, view is writable memory for one Py_buffer, GIL held.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut view, flags) } < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(BufferView(view))
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: a successful PyObject_GetBuffer(PyBUF_SIMPLE) gives `len` contiguous bytes at `buf`,
+        // valid until PyBuffer_Release.
+        unsafe { std::slice::from_raw_parts(self.0.buf as *const u8, self.0.len as usize) }
+    }
+
+    fn ptr_mut(&mut self) -> *mut u8 {
+        self.0.buf as *mut u8
+    }
+
+    fn len(&self) -> usize {
+        self.0.len as usize
+    }
+}
+
+impl Drop for BufferView {
+    fn drop(&mut self) {
+        // SAFETY: the view was filled by PyObject_GetBuffer and is released exactly once.
+        // Dropping happens with the GIL held (BufferView never leaves a GIL scope).
+        unsafe { ffi::PyBuffer_Release(&mut self.0) };
+    }
+}
+
+fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
+    syscall!(send(
+        fd,
+        data.as_ptr() as *const libc::c_void,
+        data.len(),
+        libc::MSG_NOSIGNAL
+    ))
+    .map(|n| n as usize)
+}
+
+fn sendv(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
+    // SAFETY: an all-zero msghdr is valid; we then point it at `iov`, which outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL)).map(|n| n as usize)
+}
+
+fn recv(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
+    syscall!(recv(fd, buf as *mut libc::c_void, len, 0)).map(|n| n as usize)
+}
+
+/// Is `obj` bytes, bytearray or memoryview, the types asyncio's write() accepts?
+fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() || obj.is_instance_of::<PyMemoryView>()
+}
+
+impl StreamTransport {
+    /// The object protocols see: the facade, or this object if it has none.
+    pub(crate) fn facade<'py>(slf: &Bound<'py, StreamTransport>) -> Bound<'py, PyAny> {
+        let py = slf.py();
+        match slf.get().state.borrow(py).facade.as_ref() {
+            Some(f) => f.bind(py).clone(),
+            None => slf.clone().into_any(),
+        }
+    }
+
+    pub(crate) fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn loop_of(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.state.borrow(py).loop_.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.loop_of(py).is_some_and(|l| l.get().debug(py))
+    }
+
+    fn log_debug(slf: &Bound<'_, Self>, msg: &str) -> PyResult<()> {
+        let py = slf.py();
+        py_attr!(py, "asyncio.log", "logger")?.call_method1(intern!(py, "debug"), (msg, Self::facade(slf)))?;
+        Ok(())
+    }
+
+    /// Starts (`on`) or stops watching the socket for reading or writing.
+    fn set_watch(slf: &Bound<'_, Self>, read: bool, on: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(loop_) = this.loop_of(py) else { return Ok(()) };
+        {
+            let mut st = this.state.borrow_mut(py);
+            let flag = if read { &mut st.reading } else { &mut st.writing };
+            if *flag == on {
+                return Ok(());
+            }
+            *flag = on;
+        }
+        if on {
+            let old = loop_
+                .get()
+                .watch_raw(py, this.fd, Watcher::Transport(slf.clone().unbind()), read);
+            match old {
+                Ok(old) => drop(old),
+                Err(e) => {
+                    let mut st = this.state.borrow_mut(py);
+                    if read {
+                        st.reading = false;
+                    } else {
+                        st.writing = false;
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            drop(loop_.get().unwatch_raw(py, this.fd, read));
+        }
+        Ok(())
+    }
+
+    fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, arg: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(loop_) = slf.get().loop_of(py) {
+            LoopCore::call_soon_internal(loop_.bind(py), &callback, &PyTuple::new(py, [arg])?)?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: OSErrors are logged in debug mode only; anything else
+    /// goes to the exception handler. Then the transport is closed at once.
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let value = exc.into_value(py).into_bound(py).into_any();
+        if value.is_instance_of::<PyOSError>() {
+            if this.debug(py) {
+                let kwargs = PyDict::new(py);
+                let info = PyTuple::new(
+                    py,
+                    [
+                        value.get_type().into_any(),
+                        value.clone(),
+                        value.getattr("__traceback__")?,
+                    ],
+                )?;
+                kwargs.set_item("exc_info", info)?;
+                py_attr!(py, "asyncio.log", "logger")?.call_method(
+                    intern!(py, "debug"),
+                    ("%r: %s", Self::facade(slf), message),
+                    Some(&kwargs),
+                )?;
+            }
+        } else if let Some(loop_) = this.loop_of(py) {
+            let ctx = PyDict::new(py);
+            ctx.set_item("message", message)?;
+            ctx.set_item("exception", &value)?;
+            ctx.set_item("transport", Self::facade(slf))?;
+            ctx.set_item(
+                "protocol",
+                this.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py)),
+            )?;
+            loop_
+                .bind(py)
+                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        }
+        Self::force_close(slf, value)
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (had_buffer, was_closing) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let had = !st.buffer.is_empty();
+            st.buffer.clear();
+            let was = st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (had, was)
+        };
+        if had_buffer {
+            Self::set_watch(slf, false, false)?;
+        }
+        if !was_closing {
+            Self::set_watch(slf, true, false)?;
+        }
+        Self::call_soon(slf, slf.getattr(intern!(py, "_call_connection_lost"))?, exc)
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.state.borrow_mut(py);
+            if st.buffer.size <= st.high || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(p) = protocol {
+            Self::call_flow_control(slf, p.bind(py), "pause_writing")?;
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.state.borrow_mut(py);
+            if !st.protocol_paused || st.buffer.size > st.low {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        if let Some(p) = protocol {
+            Self::call_flow_control(slf, p.bind(py), "resume_writing")?;
+        }
+        Ok(())
+    }
+
+    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+        let py = slf.py();
+        if let Err(e) = protocol.call_method0(method) {
+            if is_fatal(py, &e) {
+                return Err(e);
+            }
+            if let Some(loop_) = slf.get().loop_of(py) {
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", format!("protocol.{method}() failed"))?;
+                ctx.set_item("exception", e.into_value(py))?;
+                ctx.set_item("transport", Self::facade(slf))?;
+                ctx.set_item("protocol", protocol)?;
+                loop_
+                    .bind(py)
+                    .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket is readable.
+    pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (buffered, callback, loop_) = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || !st.reading {
+                return Ok(());
+            }
+            let cb = if st.buffered { &st.get_buffer } else { &st.data_received };
+            (
+                st.buffered,
+                cb.as_ref().map(|c| c.clone_ref(py)),
+                st.loop_.as_ref().map(|l| l.clone_ref(py)),
+            )
+        };
+        let Some(loop_) = loop_ else { return Ok(()) };
+        if buffered {
+            return Self::read_ready_buffered(slf, callback);
+        }
+        let data = {
+            let mut buf = loop_.get().read_buf.borrow_mut(py);
+            match recv(this.fd, buf.as_mut_ptr(), buf.len()) {
+                Ok(0) => None,
+                Ok(n) => Some(PyBytes::new(py, &buf[..n])),
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) => {
+                    drop(buf);
+                    return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on socket transport");
+                }
+            }
+        };
+        let Some(data) = data else { return Self::on_eof(slf) };
+        let result = match callback {
+            Some(cb) => cb.bind(py).call1((data,)),
+            None => Self::protocol_call(slf, "data_received", (data,)),
+        };
+        if let Err(e) = result {
+            if is_fatal(py, &e) {
+                return Err(e);
+            }
+            return Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.");
+        }
+        Ok(())
+    }
+
+    fn protocol_call<'py>(
+        slf: &Bound<'py, Self>,
+        name: &str,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let protocol = slf.get().state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py));
+        match protocol {
+            Some(p) => p.into_bound(py).call_method1(name, args),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
+
+    fn read_ready_buffered(slf: &Bound<'_, Self>, get_buffer: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let buf = match get_buffer {
+            Some(gb) => gb.bind(py).call1((-1,)),
+            None => Self::protocol_call(slf, "get_buffer", (-1,)),
+        };
+        let buf = buf.and_then(|b| {
+            if b.len()? == 0 {
+                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+            }
+            Ok(b)
+        });
+        let buf = match buf {
+            Ok(b) => b,
+            Err(e) if is_fatal(py, &e) => return Err(e),
+            Err(e) => return Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed."),
+        };
+        let mut view = match BufferView::get(&buf, true) {
+            Ok(v) => v,
+            Err(e) => return Self::fatal_error(slf, e, "Fatal read error on socket transport"),
+        };
+        let n = match recv(this.fd, view.ptr_mut(), view.len()) {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => {
+                drop(view);
+                return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on socket transport");
+            }
+        };
+        drop(view);
+        if n == 0 {
+            return Self::on_eof(slf);
+        }
+        let updated = this.state.borrow(py).buffer_updated.as_ref().map(|c| c.clone_ref(py));
+        let result = match updated {
+            Some(cb) => cb.bind(py).call1((n,)),
+            None => Self::protocol_call(slf, "buffer_updated", (n,)),
+        };
+        if let Err(e) = result {
+            if is_fatal(py, &e) {
+                return Err(e);
+            }
+            return Self::fatal_error(slf, e, "Fatal error: protocol.buffer_updated() call failed.");
+        }
+        Ok(())
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().debug(py) {
+            Self::log_debug(slf, "%r received EOF")?;
+        }
+        let keep_open = match Self::protocol_call(slf, "eof_received", ()).and_then(|r| r.is_truthy()) {
+            Ok(k) => k,
+            Err(e) if is_fatal(py, &e) => return Err(e),
+            Err(e) => return Self::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed."),
+        };
+        if keep_open {
+            // The protocol may still write, but nothing more can be read.
+            Self::set_watch(slf, true, false)
+        } else {
+            Self::close(slf)
+        }
+    }
+
+    /// The socket is writable and data is queued.
+    pub(crate) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let sent = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || st.buffer.is_empty() {
+                return Ok(());
+            }
+            let iov = st.buffer.iovecs();
+            sendv(this.fd, &iov)
+        };
+        match sent {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => {
+                Self::set_watch(slf, false, false)?;
+                this.state.borrow_mut(py).buffer.clear();
+                Self::fatal_error(slf, io_to_pyerr(e), "Fatal write error on socket transport")
+            }
+            Ok(n) => {
+                this.state.borrow_mut(py).buffer.consume(n);
+                Self::maybe_resume_protocol(slf)?;
+                let (empty, closing, eof) = {
+                    let st = this.state.borrow(py);
+                    (st.buffer.is_empty(), st.closing, st.eof)
+                };
+                if empty {
+                    Self::set_watch(slf, false, false)?;
+                    if closing {
+                        Self::call_connection_lost(slf, py.None().into_bound(py))?;
+                    } else if eof {
+                        syscall!(shutdown(this.fd, libc::SHUT_WR)).map_err(io_to_pyerr)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// What write() and writelines() share once the data is known to be bytes-like:
+    /// the checks, then send now or queue.
+    fn write_buffers(slf: &Bound<'_, Self>, views: &[BufferView]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let total: usize = views.iter().map(|v| v.len()).sum();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.eof {
+                return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if total == 0 {
+                return Ok(());
+            }
+            if st.conn_lost > 0 {
+                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost += 1;
+                drop(st);
+                if warn {
+                    py_attr!(py, "asyncio.log", "logger")?
+                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                }
+                return Ok(());
+            }
+        }
+        let queued_before = !this.state.borrow(py).buffer.is_empty();
+        let mut sent = 0;
+        if !queued_before {
+            let r = if views.len() == 1 {
+                send(this.fd, views[0].as_slice())
+            } else {
+                let iov: Vec<libc::iovec> = views
+                    .iter()
+                    .take(IOV_BATCH)
+                    .map(|v| libc::iovec {
+                        iov_base: v.as_slice().as_ptr() as *mut libc::c_void,
+                        iov_len: v.len(),
+                    })
+                    .collect();
+                sendv(this.fd, &iov)
+            };
+            match r {
+                Ok(n) => sent = n,
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Self::fatal_error(slf, io_to_pyerr(e), "Fatal write error on socket transport"),
+            }
+            if sent == total {
+                return Ok(());
+            }
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            let mut skip = sent;
+            for v in views {
+                let s = v.as_slice();
+                if skip >= s.len() {
+                    skip -= s.len();
+                    continue;
+                }
+                st.buffer.push(&s[skip..]);
+                skip = 0;
+            }
+        }
+        if !queued_before {
+            Self::set_watch(slf, false, true)?;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (connected, protocol) = {
+            let st = this.state.borrow(py);
+            (st.protocol_connected, st.protocol.as_ref().map(|p| p.clone_ref(py)))
+        };
+        let result = match (connected, protocol) {
+            (true, Some(p)) => p
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            _ => Ok(()),
+        };
+        // Whatever connection_lost did, the socket is closed and the references dropped.
+        Self::set_watch(slf, true, false)?;
+        Self::set_watch(slf, false, false)?;
+        let (loop_, sock, server, protocol, cbs) = {
+            let mut st = this.state.borrow_mut(py);
+            (
+                st.loop_.take(),
+                st.sock.take(),
+                st.server.take(),
+                st.protocol.take(),
+                (st.data_received.take(), st.get_buffer.take(), st.buffer_updated.take()),
+            )
+        };
+        if let Some(l) = &loop_ {
+            l.get().unregister_transport(py, this.fd, slf);
+        }
+        let closed = match &sock {
+            Some(s) => s.bind(py).call_method0(intern!(py, "close")).map(drop),
+            None => Ok(()),
+        };
+        drop((loop_, sock, protocol, cbs));
+        let detached = match server {
+            Some(s) => s.bind(py).call_method0(intern!(py, "_detach")).map(drop),
+            None => Ok(()),
+        };
+        result.and(closed).and(detached)
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    #[pyo3(signature = (loop_, sock, protocol, facade=None, server=None))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        facade: Option<&Bound<'_, PyAny>>,
+        server: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        }
+        let server = server.filter(|s| !s.is_none());
+        let t = StreamTransport {
+            fd,
+            state: GilCell::new(TransportState {
+                loop_: Some(loop_.clone().unbind()),
+                sock: Some(sock.clone().unbind()),
+                protocol: None,
+                data_received: None,
+                get_buffer: None,
+                buffer_updated: None,
+                buffered: false,
+                facade: facade.filter(|f| !f.is_none()).map(|f| f.clone().unbind()),
+                server: server.map(|s| s.clone().unbind()),
+                buffer: WriteBuffer::default(),
+                high: DEFAULT_HIGH,
+                low: DEFAULT_HIGH / 4,
+                protocol_paused: false,
+                closing: false,
+                eof: false,
+                paused: false,
+                conn_lost: 0,
+                protocol_connected: false,
+                reading: false,
+                writing: false,
+            }),
+        };
+        t.install_protocol(protocol)?;
+        if let Some(s) = server {
+            s.call_method0("_attach")?;
+        }
+        Ok(t)
+    }
+
+    /// Registers the transport as the owner of its fd. Called once, after construction.
+    fn _register(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        if let Some(l) = slf.get().loop_of(py) {
+            l.get().register_transport(py, slf.get().fd, slf.clone().unbind());
+        }
+    }
+
+    /// Starts reading; scheduled right after `connection_made`.
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.get().is_reading(py) {
+            return Ok(());
+        }
+        Self::set_watch(slf, true, true)
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::call_connection_lost(slf, exc.clone())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !is_bytes_like(data) {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
+            )));
+        }
+        let view = BufferView::get(data, false)?;
+        Self::write_buffers(slf, std::slice::from_ref(&view))
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut views = Vec::new();
+        for (i, item) in list_of_data.try_iter()?.enumerate() {
+            let item = item?;
+            if !is_bytes_like(&item) {
+                return Err(PyTypeError::new_err(format!(
+                    "sequence item {i}: expected a bytes-like object, {} found",
+                    item.get_type().name()?
+                )));
+            }
+            views.push(BufferView::get(&item, false)?);
+        }
+        Self::write_buffers(slf, &views)
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if empty {
+            syscall!(shutdown(this.fd, libc::SHUT_WR)).map_err(io_to_pyerr)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let empty = st.buffer.is_empty();
+            if empty {
+                st.conn_lost += 1;
+            }
+            empty
+        };
+        Self::set_watch(slf, true, false)?;
+        if empty {
+            Self::set_watch(slf, false, false)?;
+            Self::call_soon(
+                slf,
+                slf.getattr(intern!(py, "_call_connection_lost"))?,
+                py.None().into_bound(py),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, slf.py().None().into_bound(slf.py()))
+    }
+
+    #[pyo3(name = "is_closing")]
+    fn py_is_closing(&self, py: Python<'_>) -> bool {
+        self.is_closing(py)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.paused && !st.closing
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.get().is_reading(py) {
+            return Ok(());
+        }
+        slf.get().state.borrow_mut(py).paused = true;
+        Self::set_watch(slf, true, false)?;
+        if slf.get().debug(py) {
+            Self::log_debug(slf, "%r pauses reading")?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::set_watch(slf, true, true)?;
+        if slf.get().debug(py) {
+            Self::log_debug(slf, "%r resumes reading")?;
+        }
+        Ok(())
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer.size
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.low, st.high)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high = high.filter(|h| !h.is_none());
+        let low = low.filter(|l| !l.is_none());
+        let (high_v, low_v): (i64, i64) = match (high, low) {
+            (None, None) => (DEFAULT_HIGH as i64, DEFAULT_HIGH as i64 / 4),
+            (None, Some(l)) => {
+                let l: i64 = l.extract()?;
+                (4 * l, l)
+            }
+            (Some(h), None) => {
+                let h: i64 = h.extract()?;
+                (h, h.div_euclid(4))
+            }
+            (Some(h), Some(l)) => (h.extract()?, l.extract()?),
+        };
+        if !(high_v >= low_v && low_v >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high_v}) must be >= low ({low_v}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            st.high = high_v as usize;
+            st.low = low_v as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn set_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.install_protocol(protocol)
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// The words of the transport's repr after its class name.
+    fn _repr_info(&self, py: Python<'_>) -> Vec<String> {
+        let st = self.state.borrow(py);
+        let mut info = Vec::new();
+        if st.sock.is_none() {
+            info.push("closed".to_string());
+        } else if st.closing {
+            info.push("closing".to_string());
+        }
+        info.push(format!("fd={}", self.fd));
+        if st
+            .loop_
+            .as_ref()
+            .is_some_and(|l| !l.get().state.borrow(py).closed_flag())
+        {
+            info.push(format!("read={}", if st.reading { "polling" } else { "idle" }));
+            info.push(format!(
+                "write=<{}, bufsize={}>",
+                if st.writing { "polling" } else { "idle" },
+                st.buffer.size
+            ));
+        }
+        info
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow() {
+            visit.call(&st.loop_)?;
+            visit.call(&st.sock)?;
+            visit.call(&st.protocol)?;
+            visit.call(&st.data_received)?;
+            visit.call(&st.get_buffer)?;
+            visit.call(&st.buffer_updated)?;
+            visit.call(&st.facade)?;
+            visit.call(&st.server)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = Python::attach(|py| {
+            let mut st = self.state.borrow_mut(py);
+            (
+                st.loop_.take(),
+                st.protocol.take(),
+                st.data_received.take(),
+                st.get_buffer.take(),
+                st.buffer_updated.take(),
+                st.facade.take(),
+                st.server.take(),
+            )
+        });
+        drop(taken);
+    }
+}
+
+impl StreamTransport {
+    /// Sets the protocol and caches the methods the read path calls.
+    fn install_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = protocol.py();
+        let buffered = protocol.is_instance(py_attr!(py, "asyncio", "BufferedProtocol")?)?;
+        let method = |name: &str| protocol.getattr(name).ok().map(Bound::unbind);
+        let (dr, gb, bu) = if buffered {
+            (None, method("get_buffer"), method("buffer_updated"))
+        } else {
+            (method("data_received"), None, None)
+        };
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.buffered = buffered;
+            st.protocol_connected = true;
+            (
+                st.protocol.replace(protocol.clone().unbind()),
+                std::mem::replace(&mut st.data_received, dr),
+                std::mem::replace(&mut st.get_buffer, gb),
+                std::mem::replace(&mut st.buffer_updated, bu),
+            )
+        };
+        drop(old);
+        Ok(())
+    }
+}
