@@ -153,6 +153,12 @@ pub struct LoopCore {
     polling: AtomicBool,
 }
 
+/// The `asyncio.events` module. Its running-loop functions are looked up on every
+/// run, not cached, so that code which swaps them (as CPython's tests do) is obeyed.
+fn asyncio_events(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    py.import(intern!(py, "asyncio.events"))
+}
+
 fn thread_ident() -> u64 {
     // SAFETY: pthread_self(3) always succeeds.
     unsafe { libc::pthread_self() as u64 }
@@ -224,7 +230,7 @@ impl LoopCore {
         if self.state.borrow(py).thread_id.is_some() {
             return Err(PyRuntimeError::new_err("This event loop is already running"));
         }
-        if !py_attr!(py, "asyncio.events", "_get_running_loop")?.call0()?.is_none() {
+        if !asyncio_events(py)?.getattr(intern!(py, "_get_running_loop"))?.call0()?.is_none() {
             return Err(PyRuntimeError::new_err(
                 "Cannot run the event loop while another loop is running",
             ));
@@ -735,7 +741,7 @@ impl LoopCore {
         this.set_coroutine_origin_tracking(py, debug)?;
         let sys = py.import("sys")?;
         let old_hooks = sys.call_method0(intern!(py, "get_asyncgen_hooks"))?;
-        let set_running = py_attr!(py, "asyncio.events", "_set_running_loop")?;
+        let set_running = asyncio_events(py)?.getattr(intern!(py, "_set_running_loop"))?;
         this.state.borrow_mut(py).thread_id = Some(thread_ident());
         let result = (|| {
             let kwargs = PyDict::new(py);

@@ -139,7 +139,11 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
             resolve(&hp)?
         }
         (None, Some(h), Some(p), None) => {
-            let hp = if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") };
+            let hp = if h.contains(':') {
+                format!("[{h}]:{p}")
+            } else {
+                format!("{h}:{p}")
+            };
             cfg.host = hp.clone();
             resolve(&hp)?
         }
@@ -165,7 +169,10 @@ mod tests {
 
     #[test]
     fn parses_a_full_command_line() {
-        let cfg = parse(&strings("echo --tcp 127.0.0.1:9 --conns 3 --size 10 --duration 0.5 --warmup 0 --hold")).unwrap();
+        let cfg = parse(&strings(
+            "echo --tcp 127.0.0.1:9 --conns 3 --size 10 --duration 0.5 --warmup 0 --hold",
+        ))
+        .unwrap();
         assert_eq!(cfg.mode, Mode::Echo);
         assert!(matches!(cfg.target, Target::Tcp(a) if a.port() == 9));
         assert_eq!((cfg.conns, cfg.size, cfg.hold), (3, 10, true));

@@ -22,7 +22,11 @@ pub struct Histogram {
 impl Histogram {
     /// Makes an empty histogram.
     pub fn new() -> Self {
-        Histogram { counts: vec![0; BUCKETS], total: 0, max: 0 }
+        Histogram {
+            counts: vec![0; BUCKETS],
+            total: 0,
+            max: 0,
+        }
     }
 
     /// Bucket index of a value; monotonic in `v`.
@@ -52,18 +56,6 @@ impl Histogram {
         self.counts[Self::index(v)] += 1;
         self.total += 1;
         self.max = self.max.max(v);
-    }
-
-    /// Number of recorded values.
-    pub fn count(&self) -> u64 {
-        self.total
-    }
-
-    /// Forgets every recorded value.
-    pub fn clear(&mut self) {
-        self.counts.iter_mut().for_each(|c| *c = 0);
-        self.total = 0;
-        self.max = 0;
     }
 
     /// Largest recorded value, 0 when empty.
@@ -118,8 +110,6 @@ mod tests {
         assert!((p50 / 50_000_000.0 - 1.0).abs() < 0.02, "p50 {p50}");
         assert!((p99 / 99_000_000.0 - 1.0).abs() < 0.02, "p99 {p99}");
         assert_eq!(h.quantile(1.0), 100_000_000);
-        h.clear();
-        assert_eq!(h.count(), 0);
-        assert_eq!(h.quantile(0.5), 0);
+        assert_eq!(Histogram::new().quantile(0.5), 0);
     }
 }

@@ -70,7 +70,9 @@ fn sockaddr(target: &Target) -> io::Result<(libc::sockaddr_storage, libc::sockle
             let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            };
             mem::size_of::<libc::sockaddr_in>()
         }
         Target::Tcp(SocketAddr::V6(a)) => {
@@ -78,7 +80,9 @@ fn sockaddr(target: &Target) -> io::Result<(libc::sockaddr_storage, libc::sockle
             let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
             sin6.sin6_flowinfo = a.flowinfo();
             sin6.sin6_scope_id = a.scope_id();
             mem::size_of::<libc::sockaddr_in6>()
@@ -156,7 +160,10 @@ pub fn take_error(fd: RawFd) -> io::Result<()> {
 /// Makes `close` reset the connection at once instead of leaving it in `TIME_WAIT`, so that a
 /// long connection-churn run does not run out of local ports.
 pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: `linger` lives for the duration of the call and the length passed matches its size.
     let ret = unsafe {
         libc::setsockopt(
@@ -190,6 +197,18 @@ pub fn close(fd: RawFd) {
     }
 }
 
+/// CPU time (user + system) this process has used so far, in seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: `rusage` is plain old data for which all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { mem::zeroed() };
+    // SAFETY: `usage` is valid for writes; RUSAGE_SELF cannot fail with a valid pointer.
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// An epoll instance.
 pub struct Epoll {
     fd: RawFd,
@@ -217,7 +236,10 @@ impl Epoll {
         if write {
             events |= libc::EPOLLOUT;
         }
-        let mut ev = libc::epoll_event { events: events as u32, u64: token };
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
         // SAFETY: `ev` is a valid event that outlives the call; both descriptors are ours.
         check(unsafe { libc::epoll_ctl(self.fd, op, fd, &mut ev) }).map(|_| ())
     }
@@ -239,7 +261,11 @@ impl Epoll {
         let n = unsafe { libc::epoll_wait(self.fd, buf.as_mut_ptr(), buf.len() as libc::c_int, timeout_ms) };
         if n < 0 {
             let err = io::Error::last_os_error();
-            return if err.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(err) };
+            return if err.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(err)
+            };
         }
         for ev in &buf[..n as usize] {
             let bits = ev.events as libc::c_int;

@@ -1,0 +1,469 @@
+//! The load loop: one thread, one epoll instance, a fixed set of connection slots.
+//!
+//! Each slot runs a closed loop: it issues a request, waits for the whole response, records the
+//! latency and issues the next one, so the offered load adapts to the server's speed and the
+//! number of slots is the concurrency. Sockets are level-triggered; a slot watches for
+//! writability only while part of its request is still unsent, and it always reads, so a large
+//! echo never dead-locks against a server that writes while it reads.
+//!
+//! Time is split into a warmup, whose operations are not counted, and the measured window.
+//! Only operations that complete inside the window count, and their latencies are the ones in
+//! the histogram. A slot whose connection fails counts one error and reconnects 10 ms later.
+
+use std::io::{self, Write};
+use std::os::unix::io::RawFd;
+use std::time::{Duration, Instant};
+
+use crate::args::{Config, Mode};
+use crate::hist::Histogram;
+use crate::net::{self, Connect, Epoll, Event};
+
+/// Delay before a failed slot connects again.
+const RETRY: Duration = Duration::from_millis(10);
+/// Longest sleep in `epoll_wait`, so the clock is looked at often enough.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// What a run measured.
+pub struct Report {
+    pub ops: u64,
+    pub seconds: f64,
+    pub errors: u64,
+    /// CPU seconds the load generator itself used during the window.
+    pub cpu_seconds: f64,
+    pub hist: Histogram,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No socket; connect again at `retry_at`.
+    Idle,
+    /// Non-blocking connect under way.
+    Connecting,
+    /// Connected; a request is in flight.
+    Active,
+}
+
+struct Slot {
+    fd: RawFd,
+    /// Bumped on every close, so events left over for an old socket are ignored.
+    gen: u32,
+    state: State,
+    /// Whether `EPOLLOUT` is part of the registered interest.
+    writing: bool,
+    /// Bytes of the current request written.
+    sent: usize,
+    /// Bytes of the current echo received.
+    recvd: usize,
+    /// When the current operation started.
+    op_start: Instant,
+    retry_at: Instant,
+    /// Response bytes not yet consumed (http).
+    resp: Vec<u8>,
+}
+
+/// Outcome of handling bytes that arrived on a slot.
+enum Flow {
+    /// Keep reading this socket.
+    More,
+    /// The socket was closed (failure, or the end of a churn cycle): stop reading it.
+    Closed,
+}
+
+struct Driver<'a> {
+    cfg: &'a Config,
+    epoll: Epoll,
+    slots: Vec<Slot>,
+    request: Vec<u8>,
+    scratch: Vec<u8>,
+    hist: Histogram,
+    ops: u64,
+    errors: u64,
+    measuring: bool,
+    idle: usize,
+}
+
+fn token(i: usize, gen: u32) -> u64 {
+    ((gen as u64) << 32) | i as u64
+}
+
+/// The bytes each request sends.
+fn build_request(cfg: &Config) -> Vec<u8> {
+    match cfg.mode {
+        Mode::Http => format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: loadgen\r\nAccept: */*\r\n\r\n",
+            cfg.path, cfg.host
+        )
+        .into_bytes(),
+        // A pattern that is unlikely to be echoed back correctly by accident.
+        Mode::Echo | Mode::Churn => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
+    }
+}
+
+/// Parses a complete HTTP response at the start of `buf`: `Ok(Some((status, total_len)))` when
+/// the whole response is there, `Ok(None)` when more bytes are needed.
+fn parse_response(buf: &[u8]) -> Result<Option<(u16, usize)>, &'static str> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > 64 * 1024 {
+            Err("response head too long")
+        } else {
+            Ok(None)
+        };
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or("bad status line")?;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err("bad header line");
+        };
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            length = Some(value.trim().parse::<usize>().map_err(|_| "bad Content-Length")?);
+        } else if name.trim().eq_ignore_ascii_case("transfer-encoding") {
+            return Err("chunked responses are not supported");
+        }
+    }
+    let length = length.ok_or("response without Content-Length")?;
+    let total = head_end + 4 + length;
+    Ok(if buf.len() >= total {
+        Some((status, total))
+    } else {
+        None
+    })
+}
+
+impl<'a> Driver<'a> {
+    fn new(cfg: &'a Config) -> io::Result<Self> {
+        let now = Instant::now();
+        let slots = (0..cfg.conns)
+            .map(|_| Slot {
+                fd: -1,
+                gen: 0,
+                state: State::Idle,
+                writing: false,
+                sent: 0,
+                recvd: 0,
+                op_start: now,
+                retry_at: now,
+                resp: Vec::new(),
+            })
+            .collect();
+        Ok(Driver {
+            cfg,
+            epoll: Epoll::new()?,
+            slots,
+            request: build_request(cfg),
+            scratch: vec![0; 256 * 1024],
+            hist: Histogram::new(),
+            ops: 0,
+            errors: 0,
+            measuring: false,
+            idle: cfg.conns,
+        })
+    }
+
+    /// Starts connecting slot `i` (which must be idle).
+    fn open(&mut self, i: usize, now: Instant) {
+        let slot = &mut self.slots[i];
+        slot.op_start = now;
+        let result = match net::connect(&self.cfg.target) {
+            Ok(Connect::Again) => {
+                slot.retry_at = now + Duration::from_millis(1);
+                return;
+            }
+            Ok(c) => c,
+            Err(_) => {
+                self.errors += 1;
+                slot.retry_at = now + RETRY;
+                return;
+            }
+        };
+        let (fd, done) = match result {
+            Connect::Done(fd) => (fd, true),
+            Connect::InProgress(fd) => (fd, false),
+            Connect::Again => unreachable!(),
+        };
+        if self.cfg.mode == Mode::Churn {
+            // The client closes first in churn; without this every cycle leaves a TIME_WAIT
+            // entry holding a local port.
+            let _ = net::set_linger_zero(fd);
+        }
+        slot.fd = fd;
+        slot.writing = !done;
+        slot.state = if done { State::Active } else { State::Connecting };
+        self.idle -= 1;
+        if self.epoll.add(fd, token(i, slot.gen), !done).is_err() {
+            self.fail(i, now);
+            return;
+        }
+        if done {
+            self.start_request(i, now);
+        }
+    }
+
+    /// Closes slot `i` and schedules a reconnect.
+    fn close(&mut self, i: usize, now: Instant, delay: Duration) {
+        let slot = &mut self.slots[i];
+        if slot.fd >= 0 {
+            net::close(slot.fd);
+            slot.fd = -1;
+            slot.gen = slot.gen.wrapping_add(1);
+            slot.state = State::Idle;
+            slot.retry_at = now + delay;
+            self.idle += 1;
+        }
+    }
+
+    fn fail(&mut self, i: usize, now: Instant) {
+        self.errors += 1;
+        self.close(i, now, RETRY);
+    }
+
+    fn start_request(&mut self, i: usize, now: Instant) {
+        let slot = &mut self.slots[i];
+        slot.sent = 0;
+        slot.recvd = 0;
+        slot.resp.clear();
+        if self.cfg.mode != Mode::Churn {
+            // In churn the latency covers the connect too; `op_start` was set in `open`.
+            slot.op_start = now;
+        }
+        self.flush(i, now);
+    }
+
+    /// Writes as much of the pending request as the socket takes and adjusts the interest.
+    fn flush(&mut self, i: usize, now: Instant) {
+        let slot = &mut self.slots[i];
+        while slot.sent < self.request.len() {
+            match net::write(slot.fd, &self.request[slot.sent..]) {
+                Ok(n) => slot.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.fail(i, now),
+            }
+        }
+        let want = slot.sent < self.request.len();
+        if want != slot.writing {
+            slot.writing = want;
+            if self.epoll.modify(slot.fd, token(i, slot.gen), want).is_err() {
+                self.fail(i, now);
+            }
+        }
+    }
+
+    /// One operation of slot `i` finished.
+    fn complete(&mut self, i: usize, now: Instant) -> Flow {
+        if self.measuring {
+            let elapsed = now.saturating_duration_since(self.slots[i].op_start);
+            self.hist.record(elapsed.as_nanos() as u64);
+            self.ops += 1;
+        }
+        if self.cfg.mode == Mode::Churn {
+            self.close(i, now, Duration::ZERO);
+            self.open(i, now);
+            Flow::Closed
+        } else {
+            self.start_request(i, now);
+            if self.slots[i].state == State::Active {
+                Flow::More
+            } else {
+                Flow::Closed
+            }
+        }
+    }
+
+    /// Handles `n` bytes that arrived in `self.scratch` for slot `i`.
+    fn received(&mut self, i: usize, n: usize, now: Instant) -> Flow {
+        match self.cfg.mode {
+            Mode::Echo | Mode::Churn => {
+                let slot = &mut self.slots[i];
+                let end = slot.recvd + n;
+                if end > slot.sent || self.scratch[..n] != self.request[slot.recvd..end] {
+                    // More bytes than were sent, or not the bytes that were sent.
+                    self.fail(i, now);
+                    return Flow::Closed;
+                }
+                slot.recvd = end;
+                if end == self.request.len() {
+                    return self.complete(i, now);
+                }
+                Flow::More
+            }
+            Mode::Http => {
+                let slot = &mut self.slots[i];
+                slot.resp.extend_from_slice(&self.scratch[..n]);
+                match parse_response(&slot.resp) {
+                    Ok(None) => Flow::More,
+                    Ok(Some((status, total))) => {
+                        if total != slot.resp.len() || slot.sent != self.request.len() {
+                            // Bytes after the response although only one request was sent.
+                            self.fail(i, now);
+                            return Flow::Closed;
+                        }
+                        if status != 200 {
+                            self.errors += 1;
+                        }
+                        self.complete(i, now)
+                    }
+                    Err(_) => {
+                        self.fail(i, now);
+                        Flow::Closed
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, now: Instant) {
+        let i = (ev.token & 0xffff_ffff) as usize;
+        let gen = (ev.token >> 32) as u32;
+        if i >= self.slots.len() || self.slots[i].gen != gen || self.slots[i].fd < 0 {
+            return; // Left over for a socket closed earlier in this batch.
+        }
+        if self.slots[i].state == State::Connecting {
+            if !(ev.writable || ev.error || ev.readable) {
+                return;
+            }
+            if net::take_error(self.slots[i].fd).is_err() {
+                return self.fail(i, now);
+            }
+            self.slots[i].state = State::Active;
+            return self.start_request(i, now);
+        }
+        if ev.writable && self.slots[i].sent < self.request.len() {
+            self.flush(i, now);
+            if self.slots[i].fd < 0 {
+                return;
+            }
+        }
+        if ev.readable || ev.error {
+            loop {
+                let fd = self.slots[i].fd;
+                match net::read(fd, &mut self.scratch) {
+                    Ok(0) => return self.fail(i, now),
+                    Ok(n) => {
+                        if let Flow::Closed = self.received(i, n, now) {
+                            return;
+                        }
+                        if n < self.scratch.len() {
+                            // A short read means the socket is drained: skip the read that would
+                            // only say EAGAIN (level-triggered epoll reports any later bytes).
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return self.fail(i, now),
+                }
+            }
+        }
+    }
+
+    fn reopen_idle(&mut self, now: Instant) {
+        for i in 0..self.slots.len() {
+            if self.idle == 0 {
+                break;
+            }
+            if self.slots[i].state == State::Idle && self.slots[i].retry_at <= now {
+                self.open(i, now);
+            }
+        }
+    }
+
+    fn run(mut self) -> io::Result<(Report, Vec<Slot>)> {
+        let start = Instant::now();
+        let window_start_at = start + self.cfg.warmup;
+        let window_end_at = window_start_at + self.cfg.duration;
+        let mut raw = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        let mut events = Vec::with_capacity(raw.len());
+        let mut window_start = start;
+        let mut cpu_start = 0.0;
+        let mut now = start;
+        self.reopen_idle(now);
+        loop {
+            if !self.measuring && now >= window_start_at {
+                self.measuring = true;
+                window_start = now;
+                cpu_start = net::cpu_seconds();
+                eprintln!("window-start");
+            }
+            if self.measuring && now >= window_end_at {
+                break;
+            }
+            let boundary = if self.measuring { window_end_at } else { window_start_at };
+            let mut wait = boundary.saturating_duration_since(now).min(MAX_WAIT);
+            if self.idle > 0 {
+                wait = wait.min(Duration::from_millis(1));
+            }
+            // Round up so that the wait does not end just short of the boundary and spin.
+            let timeout_ms = wait.as_micros().div_ceil(1000) as i32;
+            self.epoll.wait(&mut raw, &mut events, timeout_ms)?;
+            now = Instant::now();
+            for &ev in &events {
+                self.on_event(ev, now);
+            }
+            if self.idle > 0 {
+                self.reopen_idle(now);
+            }
+        }
+        let cpu_seconds = net::cpu_seconds() - cpu_start;
+        eprintln!("window-end");
+        let _ = io::stderr().flush();
+        let report = Report {
+            ops: self.ops,
+            seconds: now.duration_since(window_start).as_secs_f64(),
+            errors: self.errors,
+            cpu_seconds,
+            hist: self.hist,
+        };
+        // The slots go back to the caller so that their sockets stay open while it holds.
+        Ok((report, self.slots))
+    }
+}
+
+/// Runs the load described by `cfg`. With `cfg.hold`, `after_window` is called before the
+/// sockets are closed.
+pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Report> {
+    let (report, slots) = Driver::new(cfg)?.run()?;
+    after_window(&report);
+    for slot in slots {
+        if slot.fd >= 0 {
+            net::close(slot.fd);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_responses() {
+        let full = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: text/plain\r\n\r\nhello";
+        assert_eq!(parse_response(full), Ok(Some((200, full.len()))));
+        assert_eq!(parse_response(&full[..full.len() - 1]), Ok(None));
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Len"), Ok(None));
+        assert_eq!(
+            parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Some((404, 45)))
+        );
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n").is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn echo_request_has_the_configured_size() {
+        let cfg = crate::args::parse(&["echo", "--unix", "/x", "--size", "300"].map(String::from)).unwrap();
+        let req = build_request(&cfg);
+        assert_eq!(req.len(), 300);
+        assert_eq!((req[0], req[250], req[251]), (0, 250, 0));
+    }
+}

@@ -1,0 +1,197 @@
+"""Echo server for the benchmarks, on the event loop named by --loop.
+
+Styles (--style):
+  protocol  asyncio.Protocol; data_received() writes the data back
+  buffered  asyncio.BufferedProtocol; one 256 KiB buffer per connection, written back from it
+  streams   asyncio.start_server / start_unix_server; read() then write() and drain()
+  sock      loop.sock_accept, then a task per client doing loop.sock_recv / loop.sock_sendall
+
+Listens on --tcp HOST:PORT (port 0 picks a free port) or --unix PATH. TCP_NODELAY is set on
+every accepted TCP socket. Once listening it prints one JSON line
+{"event": "ready", "address": ...} on stdout; if the loop cannot run this style it prints
+{"event": "error", "error": ...} and exits 1. Afterwards stdin carries the harness's
+start/stop/exit commands (see bench/common.py, Control): the server reports its own CPU time
+(getrusage RUSAGE_SELF, user + sys) for the window between start and stop.
+
+Run by hand:  python bench/servers/echo_server.py --loop uvloop --style protocol --tcp 127.0.0.1:0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import Control, loop_factory  # noqa: E402
+
+READ_SIZE = 256 * 1024
+STYLES = ("protocol", "buffered", "streams", "sock")
+
+
+def set_nodelay(sock) -> None:
+    """TCP_NODELAY on a TCP socket (or a loop's socket-like wrapper); no-op for Unix sockets."""
+    if sock is None:
+        return
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError, NotImplementedError):
+        pass
+
+
+class EchoProtocol(asyncio.Protocol):
+    transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        set_nodelay(transport.get_extra_info("socket"))
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+
+class EchoBufferedProtocol(asyncio.BufferedProtocol):
+    transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = bytearray(READ_SIZE)
+        set_nodelay(transport.get_extra_info("socket"))
+
+    def get_buffer(self, sizehint):
+        return self.buffer
+
+    def buffer_updated(self, nbytes):
+        # Slicing copies: the buffer is reused for the next read while the transport may still
+        # hold what it could not send yet.
+        self.transport.write(self.buffer[:nbytes])
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+
+async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    set_nodelay(writer.get_extra_info("socket"))
+    try:
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def echo_sock(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    try:
+        while True:
+            data = await loop.sock_recv(conn, READ_SIZE)
+            if not data:
+                break
+            await loop.sock_sendall(conn, data)
+    except ConnectionError:
+        pass
+    finally:
+        conn.close()
+
+
+async def accept_loop(loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
+    tasks: set[asyncio.Task] = set()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(False)
+        set_nodelay(conn)
+        task = loop.create_task(echo_sock(loop, conn))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+def make_listener(args) -> tuple[socket.socket, str]:
+    if args.unix:
+        try:
+            os.unlink(args.unix)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(args.unix)
+        address = args.unix
+    else:
+        host, _, port = args.tcp.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        bound = sock.getsockname()
+        address = (
+            f"[{bound[0]}]:{bound[1]}" if family == socket.AF_INET6 else f"{bound[0]}:{bound[1]}"
+        )
+    sock.listen(args.backlog)
+    sock.setblocking(False)
+    return sock, address
+
+
+async def start(loop: asyncio.AbstractEventLoop, style: str, sock: socket.socket, unix: bool):
+    """Start serving; returns what must be kept alive. Raises if the loop cannot do it."""
+    if style == "protocol":
+        if unix:
+            return await loop.create_unix_server(EchoProtocol, sock=sock)
+        return await loop.create_server(EchoProtocol, sock=sock)
+    if style == "buffered":
+        if unix:
+            return await loop.create_unix_server(EchoBufferedProtocol, sock=sock)
+        return await loop.create_server(EchoBufferedProtocol, sock=sock)
+    if style == "streams":
+        if unix:
+            return await asyncio.start_unix_server(echo_stream, sock=sock, limit=READ_SIZE)
+        return await asyncio.start_server(echo_stream, sock=sock, limit=READ_SIZE)
+    if style == "sock":
+        task = loop.create_task(accept_loop(loop, sock))
+        # Let the accept loop reach its first await, so a loop without sock_accept fails here.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if task.done():
+            task.result()
+        return task
+    raise ValueError(f"unknown style {style!r}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loop", required=True)
+    parser.add_argument("--style", choices=STYLES, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--tcp", metavar="HOST:PORT")
+    where.add_argument("--unix", metavar="PATH")
+    parser.add_argument("--backlog", type=int, default=1024)
+    args = parser.parse_args(argv)
+
+    control = Control()
+    try:
+        loop = loop_factory(args.loop)()
+        asyncio.set_event_loop(loop)
+        sock, address = make_listener(args)
+        keep = loop.run_until_complete(start(loop, args.style, sock, bool(args.unix)))
+    except BaseException as exc:  # anything: the harness shows it as the reason for "n/a"
+        control.fail(exc)
+    control.ready(address=address, loop=args.loop, style=args.style, keep=type(keep).__name__)
+    control.start()
+    try:
+        loop.run_forever()
+    except BaseException as exc:
+        control.fail(exc)
+
+
+if __name__ == "__main__":
+    main()

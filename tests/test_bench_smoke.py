@@ -1,0 +1,151 @@
+"""Smoke test of the benchmark suite (bench/).
+
+Runs `bench/run.py --smoke` once: every benchmark row, every loop, for a fraction of a second
+each. It asserts on the results.json it writes: every row is there, asyncio and uvloop give a
+number in every row, and ferroloop gives a number or an explicit "n/a" (a feature it lacks).
+The loadgen binary is built with cargo if target/release/loadgen is missing (run.py does that).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+for _module in ("uvloop", "uvicorn", "httptools", "matplotlib"):
+    pytest.importorskip(
+        _module, reason=f"{_module} is not installed (pip install -r bench/requirements.txt)"
+    )
+
+MUST_HAVE_NUMBERS = ("asyncio", "uvloop")
+NUMERIC_KEYS = ("ops_per_sec", "cpu_us_per_op")
+LATENCY_KEYS = ("p50_us", "p99_us")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expected_ids() -> list[str]:
+    spec = importlib.util.spec_from_file_location("ferroloop_bench_run", BENCH / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return [b.id for b in module.all_benchmarks()]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    if not (ROOT / "target" / "release" / "loadgen").exists() and shutil.which("cargo") is None:
+        pytest.skip("no loadgen binary and no cargo to build it")
+    out = tmp_path_factory.mktemp("bench-results")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
+    results = out / "results.json"
+    data = json.loads(results.read_text()) if results.exists() else None
+    return proc, out, data
+
+
+def test_smoke_run_passes(smoke):
+    proc, _, data = smoke
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert data is not None
+    assert data["meta"]["smoke"] is True
+    assert data["meta"]["loops"] == ["ferroloop", "uvloop", "asyncio"]
+
+
+def test_every_benchmark_row_ran(smoke):
+    _, _, data = smoke
+    assert data is not None, "no results.json"
+    ids = [b["id"] for b in data["benchmarks"]]
+    assert ids == _expected_ids()
+    groups = {b["group"] for b in data["benchmarks"]}
+    assert groups == {"callbacks", "echo", "http", "churn"}
+
+
+def test_asyncio_and_uvloop_give_numbers_ferroloop_a_number_or_na(smoke):
+    _, _, data = smoke
+    assert data is not None, "no results.json"
+    for bench in data["benchmarks"]:
+        keys = NUMERIC_KEYS + (LATENCY_KEYS if bench["latency"] else ())
+        for loop in MUST_HAVE_NUMBERS:
+            cell = bench["loops"][loop]
+            assert cell["status"] == "ok", f"{bench['id']} on {loop}: {cell.get('reason')}"
+            for key in keys:
+                assert _is_number(cell[key]) and cell[key] > 0, (
+                    f"{bench['id']} on {loop}: {key}={cell[key]!r}"
+                )
+            assert _is_number(cell["ratio_to_uvloop"])
+        assert bench["loops"]["uvloop"]["ratio_to_uvloop"] == pytest.approx(1.0)
+        cell = bench["loops"]["ferroloop"]
+        if cell["status"] == "ok":
+            for key in keys:
+                assert _is_number(cell[key]), f"{bench['id']} on ferroloop: {key}={cell[key]!r}"
+        else:
+            assert cell["status"] == "n/a"
+            assert cell["ops_per_sec"] == "n/a"
+            assert cell["reason"], f"{bench['id']}: n/a without a reason"
+
+
+def test_table_and_chart(smoke):
+    proc, out, data = smoke
+    assert data is not None, "no results.json"
+    assert "vs uvloop" in proc.stdout
+    for bench in data["benchmarks"]:
+        assert bench["title"] in proc.stdout
+    chart = out / "chart.png"
+    assert chart.exists()
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_micro_runs_standalone(tmp_path):
+    out = tmp_path / "micro.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "micro.py"),
+            "--loops",
+            "uvloop,asyncio",
+            "--reps",
+            "1",
+            "--duration",
+            "0.05",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert [b["id"] for b in data["benchmarks"]] == [
+        "callbacks/call_soon",
+        "callbacks/call_later_cancel",
+        "callbacks/sleep0",
+        "callbacks/gather",
+    ]
+    for bench in data["benchmarks"]:
+        for loop in ("uvloop", "asyncio"):
+            assert _is_number(bench["loops"][loop]["ops_per_sec"])

@@ -1,0 +1,148 @@
+"""Handle and TimerHandle: reprs (same shape as asyncio's), when(), cancel."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+
+
+def callback(*args, **kwargs):
+    pass
+
+
+class Owner:
+    def method(self):
+        pass
+
+
+def src(func):
+    code = func.__code__
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+CALLBACK_CASES = {
+    "function": (callback, (), f"callback() at {src(callback)}"),
+    "function-with-args": (callback, (1, "x", None), f"callback(1, 'x', None) at {src(callback)}"),
+    # No source location for bound methods or builtins.
+    "bound-method": (Owner().method, (), "Owner.method()"),
+    "builtin": (print, (), "print()"),
+    "partial": (functools.partial(callback, 1, k=2), (3,), f"callback(1, k=2)(3) at {src(callback)}"),
+    "lambda": (lambda: None, (), None),  # checked against the oracle only
+    "long-args": (
+        callback,
+        ("x" * 100, list(range(100))),
+        f"callback('xxxxxxxxxxxx...xxxxxxxxxxxxx', [0, 1, 2, 3, 4, 5, ...]) at {src(callback)}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CALLBACK_CASES))
+def test_handle_repr(loop, oracle_loop, case):
+    cb, args, expected = CALLBACK_CASES[case]
+    h = loop.call_soon(cb, *args)
+    oracle = oracle_loop.call_soon(cb, *args)
+    assert repr(h) == repr(oracle)
+    if expected is not None:
+        assert repr(h) == f"<Handle {expected}>"
+    h.cancel()
+    oracle.cancel()
+
+
+def test_cancelled_handle_repr(loop, oracle_loop):
+    h = loop.call_soon(callback, 1)
+    h.cancel()
+    oracle = oracle_loop.call_soon(callback, 1)
+    oracle.cancel()
+    assert repr(h) == repr(oracle) == "<Handle cancelled>"
+
+
+@pytest.mark.parametrize("case", list(CALLBACK_CASES))
+def test_timer_handle_repr(loop, oracle_loop, case):
+    cb, args, _ = CALLBACK_CASES[case]
+    when = loop.time() + 100
+    h = loop.call_at(when, cb, *args)
+    oracle = oracle_loop.call_at(when, cb, *args)
+    assert repr(h) == repr(oracle)
+    assert repr(h).startswith(f"<TimerHandle when={when!r} ")
+    h.cancel()
+    oracle.cancel()
+    assert repr(h) == repr(oracle) == f"<TimerHandle cancelled when={when!r}>"
+
+
+def test_timer_handle_repr_from_call_later(loop):
+    h = loop.call_later(10, callback, 7)
+    assert repr(h) == f"<TimerHandle when={h.when()!r} callback(7) at {src(callback)}>"
+    h.cancel()
+
+
+def test_handle_repr_after_it_ran(loop, oracle_loop):
+    reprs = []
+    for lp in (loop, oracle_loop):
+        h = lp.call_soon(callback, "ran")
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        reprs.append(repr(h))
+    assert reprs[0] == reprs[1] == f"<Handle callback('ran') at {src(callback)}>"
+
+
+def test_debug_mode_reprs_show_where_the_handle_was_created(loop):
+    loop.set_debug(True)
+    line = None
+
+    def make():
+        nonlocal line
+        line = make.__code__.co_firstlineno + 3
+        return loop.call_soon(callback), loop.call_later(10, callback)
+
+    h, th = make()
+    here = __file__
+    assert repr(h) == f"<Handle callback() at {src(callback)} created at {here}:{line}>"
+    assert repr(th) == (
+        f"<TimerHandle when={th.when()!r} callback() at {src(callback)} created at {here}:{line}>"
+    )
+    # In debug mode a cancelled handle keeps describing its callback.
+    h.cancel()
+    th.cancel()
+    assert repr(h) == f"<Handle cancelled callback() at {src(callback)} created at {here}:{line}>"
+    assert re.fullmatch(
+        rf"<TimerHandle cancelled when=\S+ callback\(\) at {re.escape(src(callback))} "
+        rf"created at {re.escape(here)}:{line}>",
+        repr(th),
+    )
+
+
+def test_handle_type_names(loop):
+    h = loop.call_soon(callback)
+    th = loop.call_later(1, callback)
+    assert type(h).__name__ == "Handle"
+    assert type(th).__name__ == "TimerHandle"
+    h.cancel()
+    th.cancel()
+
+
+def test_timer_handle_when(loop):
+    when = loop.time() + 5.5
+    th = loop.call_at(when, callback)
+    assert th.when() == when
+    th.cancel()
+    assert th.when() == when
+
+
+def test_timer_handles_compare_by_when(loop):
+    base = loop.time() + 100
+    early = loop.call_at(base, callback)
+    late = loop.call_at(base + 1, callback)
+    assert early < late
+    assert late > early
+    assert early <= late
+    assert not late < early
+    early.cancel()
+    late.cancel()
+
+
+def test_plain_handle_methods_return_none(loop):
+    h = loop.call_soon(callback)
+    assert h.cancel() is None
+    assert h.cancelled() is True

@@ -1,0 +1,208 @@
+"""call_soon_threadsafe under contention, and waking a loop blocked in poll."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+N_THREADS = 8
+CALLS_PER_THREAD = 2000
+WATCHDOG_SECONDS = 10.0
+
+
+def test_call_soon_threadsafe_from_many_threads_loses_nothing(loop):
+    received = {t: [] for t in range(N_THREADS)}
+    total = N_THREADS * CALLS_PER_THREAD
+    count = 0
+    done = loop.create_future()
+    start = threading.Barrier(N_THREADS)
+
+    def on_call(t, i):
+        nonlocal count
+        received[t].append(i)
+        count += 1
+        if count == total and not done.done():
+            done.set_result(None)
+
+    def worker(t):
+        start.wait()
+        for i in range(CALLS_PER_THREAD):
+            loop.call_soon_threadsafe(on_call, t, i)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(N_THREADS)]
+
+    def start_threads():
+        # Started from a callback: the loop is running while they hammer it.
+        for th in threads:
+            th.start()
+
+    async def main():
+        loop.call_soon(start_threads)
+        try:
+            await asyncio.wait_for(done, 30)
+        except asyncio.TimeoutError:
+            pytest.fail(f"only {count} of {total} callbacks ran")
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        for th in threads:
+            if th.ident is not None:
+                th.join()
+    assert count == total
+    # Per thread, callbacks run in the order that thread scheduled them.
+    for t in range(N_THREADS):
+        assert received[t] == list(range(CALLS_PER_THREAD))
+
+
+def test_call_soon_threadsafe_before_the_loop_runs(loop):
+    ran = []
+
+    def worker(t):
+        for i in range(100):
+            loop.call_soon_threadsafe(ran.append, (t, i))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert sorted(ran) == [(t, i) for t in range(4) for i in range(100)]
+
+
+@pytest.mark.parametrize("waiting_on", ["future-without-timers", "far-timer", "run_forever"])
+def test_call_soon_threadsafe_wakes_a_loop_blocked_in_poll(loop, waiting_on):
+    """The loop has nothing to do and sleeps in its poll with no (or a very
+    long) timeout; a call from another thread must wake it promptly."""
+    fut = loop.create_future()
+    latency = []
+    delivered = threading.Event()
+
+    def deliver(sent_at):
+        latency.append(time.monotonic() - sent_at)
+        delivered.set()
+        if waiting_on == "run_forever":
+            loop.stop()
+        else:
+            fut.set_result("woken")
+
+    def worker():
+        time.sleep(0.2)  # let the loop settle into its poll
+        loop.call_soon_threadsafe(deliver, time.monotonic())
+        # Watchdog: if the loop was not woken, wake it through a socket so that
+        # the test fails on the latency check below instead of hanging.
+        if not delivered.wait(WATCHDOG_SECONDS):
+            wake_w.send(b"!")
+
+    # The watchdog socket adds an fd to the poll set, but no timeout.
+    wake_r, wake_w = socket.socketpair()
+    loop.add_reader(wake_r, wake_r.recv, 1)
+    if waiting_on == "far-timer":
+        far = loop.call_later(3600, lambda: None)
+    th = threading.Thread(target=worker)
+    th.start()
+    try:
+        if waiting_on == "run_forever":
+            loop.run_forever()
+        else:
+            assert loop.run_until_complete(fut) == "woken"
+    finally:
+        th.join()
+        loop.remove_reader(wake_r)
+        wake_r.close()
+        wake_w.close()
+    if waiting_on == "far-timer":
+        far.cancel()
+    assert len(latency) == 1
+    # A correct loop wakes within milliseconds; this bound only catches a loop
+    # that was not woken by the call at all.
+    assert latency[0] < WATCHDOG_SECONDS / 2, f"woken after {latency[0]:.3f}s"
+
+
+def test_call_soon_threadsafe_wakes_the_loop_repeatedly(loop):
+    results = []
+    rounds = 20
+
+    async def main():
+        for i in range(rounds):
+            fut = loop.create_future()
+            th = threading.Thread(target=lambda: loop.call_soon_threadsafe(fut.set_result, i))
+            th.start()
+            results.append(await fut)
+            th.join()
+
+    loop.run_until_complete(main())
+    assert results == list(range(rounds))
+
+
+def test_stop_from_another_thread(loop):
+    started = threading.Event()
+    loop.call_soon(started.set)
+
+    def worker():
+        started.wait(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+    th = threading.Thread(target=worker)
+    th.start()
+    loop.run_forever()
+    th.join()
+    assert started.is_set()
+    assert not loop.is_running()
+
+
+def test_call_soon_threadsafe_handle_can_be_cancelled(loop):
+    ran = []
+    h = loop.call_soon_threadsafe(ran.append, 1)
+    h.cancel()
+    assert h.cancelled()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == []
+
+
+def test_call_soon_threadsafe_on_a_closed_loop_from_another_thread(loop):
+    loop.close()
+    errors = []
+
+    def worker():
+        try:
+            loop.call_soon_threadsafe(lambda: None)
+        except BaseException as exc:  # noqa: BLE001 - recorded and checked below
+            errors.append(exc)
+
+    th = threading.Thread(target=worker)
+    th.start()
+    th.join()
+    assert len(errors) == 1
+    assert type(errors[0]) is RuntimeError
+    assert str(errors[0]) == "Event loop is closed"
+
+
+def test_run_in_executor_results_come_back_while_many_threads_post(loop):
+    """Executor completions (delivered through call_soon_threadsafe) interleave
+    with a flood of direct call_soon_threadsafe calls."""
+    flood = []
+
+    def flooder():
+        for i in range(3000):
+            loop.call_soon_threadsafe(flood.append, i)
+
+    async def main():
+        th = threading.Thread(target=flooder)
+        th.start()
+        results = await asyncio.gather(
+            *[loop.run_in_executor(None, pow, i, 2) for i in range(50)]
+        )
+        await loop.run_in_executor(None, th.join)
+        await asyncio.sleep(0)
+        return results
+
+    assert loop.run_until_complete(main()) == [i * i for i in range(50)]
+    assert flood == list(range(3000))
