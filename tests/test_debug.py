@@ -207,7 +207,9 @@ def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
     messages = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "asyncio" and r.levelno == logging.WARNING and "slow_callback" in r.getMessage()
+        if r.name == "asyncio"
+        and r.levelno == logging.WARNING
+        and "slow_callback" in r.getMessage()
     ]
     assert len(messages) == 1, [r.getMessage() for r in caplog.records]
     message = messages[0]

@@ -393,7 +393,10 @@ def test_call_at_with_none_when(loop):
 
 def test_set_default_executor_rejects_other_executors(loop):
     raises_exactly(
-        TypeError, "executor must be ThreadPoolExecutor instance", loop.set_default_executor, object()
+        TypeError,
+        "executor must be ThreadPoolExecutor instance",
+        loop.set_default_executor,
+        object(),
     )
 
     class NotAThreadPool(concurrent.futures.Executor):

@@ -133,7 +133,9 @@ SCRIPT = textwrap.dedent(
     print(json.dumps({
         "name": __name__,
         "argv": sys.argv,
-        "policy_is_ferroloop": isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy),
+        "policy_is_ferroloop": isinstance(
+            asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy
+        ),
         "run_uses_ferroloop": issubclass(loop_type, ferroloop.Loop),
         "new_event_loop_is_ferroloop": isinstance(asyncio.new_event_loop(), ferroloop.Loop),
     }))

@@ -28,7 +28,11 @@ CALLBACK_CASES = {
     # No source location for bound methods or builtins.
     "bound-method": (Owner().method, (), "Owner.method()"),
     "builtin": (print, (), "print()"),
-    "partial": (functools.partial(callback, 1, k=2), (3,), f"callback(1, k=2)(3) at {src(callback)}"),
+    "partial": (
+        functools.partial(callback, 1, k=2),
+        (3,),
+        f"callback(1, k=2)(3) at {src(callback)}",
+    ),
     "lambda": (lambda: None, (), None),  # checked against the oracle only
     "long-args": (
         callback,

@@ -370,7 +370,7 @@ def test_stop_before_run_forever_runs_exactly_one_iteration(loop):
     assert order == ["ready", "due-timer", "child"]
 
 
-def test_stop_before_run_forever_with_nothing_scheduled_returns(loop):
+def test_stop_before_run_forever_does_not_wait_for_far_timers(loop):
     loop.call_later(3600, lambda: None)
     loop.stop()
     loop.run_forever()  # must not wait for the far timer
