@@ -162,7 +162,7 @@ def measure(name: str, loop_name: str, duration: float, warmup: float) -> dict:
 
 
 def run_child(
-    name: str, loop_name: str, duration: float, warmup: float, cpu: int | None = None
+    name: str, loop_name: str, duration: float, warmup: float, cpus: set[int] | None = None
 ) -> dict:
     """Run one benchmark for one loop in a fresh interpreter; BenchError if it cannot."""
     cmd = [
@@ -177,7 +177,7 @@ def run_child(
         "--warmup",
         str(warmup),
     ]
-    preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     timeout = duration + warmup + 60
     try:
         proc = subprocess.run(

@@ -203,40 +203,48 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def pick_cpus(pin: bool) -> tuple[int | None, int | None]:
-    """CPUs for the server and for the client, or (None, None) to leave scheduling alone."""
-    if not pin or not hasattr(os, "sched_getaffinity"):
-        return None, None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    return cpus[0], cpus[1]
+def pick_cpus(pin: bool, client_threads: int | None):
+    """(server CPUs, client CPUs, client threads). The server gets one CPU, the load generator
+    the others (one thread per CPU, at most 4, unless told). Without pinning, or with fewer
+    than two CPUs, the scheduler decides and the client runs one thread."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cpus) < 2:
+        return None, None, client_threads or 1
+    client = cpus[1:]
+    return {cpus[0]}, set(client), client_threads or min(4, len(client))
 
 
 # --------------------------------------------------------------------------------------------
 # Running one benchmark for one loop.
 
 
+def busy_share(result: dict) -> float | None:
+    """CPU the load generator used in the window, as a share of the cores its threads had."""
+    seconds = result.get("seconds") or 0.0
+    if seconds <= 0 or not is_number(result.get("cpu_s")):
+        return None
+    return result["cpu_s"] / seconds / max(1, result.get("threads", 1))
+
+
 class Runner:
-    def __init__(
-        self, loadgen: str, duration: float, warmup: float, server_cpu, client_cpu
-    ) -> None:
+    def __init__(self, loadgen, duration, warmup, server_cpus, client_cpus, client_threads) -> None:
         self.loadgen = loadgen
         self.duration = duration
         self.warmup = warmup
-        self.server_cpu = server_cpu
-        self.client_cpu = client_cpu
+        self.server_cpus = server_cpus
+        self.client_cpus = client_cpus
+        self.client_threads = client_threads
 
     def run(self, bench: Bench, loop: str) -> dict:
         if bench.group == "callbacks":
             return micro.run_child(
-                bench.params["name"], loop, self.duration, self.warmup, cpu=self.server_cpu
+                bench.params["name"], loop, self.duration, self.warmup, cpus=self.server_cpus
             )
         return self.run_served(bench, loop)
 
     @staticmethod
-    def _pin(cpu):
-        return (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    def _pin(cpus):
+        return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
     def run_served(self, bench: Bench, loop: str) -> dict:
         p = bench.params
@@ -265,7 +273,7 @@ class Runner:
                     bufsize=1,
                     cwd=ROOT,
                     env=child_env(),
-                    preexec_fn=self._pin(self.server_cpu),
+                    preexec_fn=self._pin(self.server_cpus),
                 )
             control = LineReader(server.stdout, "the server")
             try:
@@ -276,6 +284,7 @@ class Runner:
                 raise BenchError(tail(errlog_path) or str(exc)) from None
             target = ["--unix" if p.get("transport") == "unix" else "--tcp", ready["address"]]
             lg_cmd = [self.loadgen, mode, *target, "--conns", str(p["conns"]), "--hold"]
+            lg_cmd += ["--threads", str(self.client_threads)]
             lg_cmd += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
             if mode != "http":
                 lg_cmd += ["--size", str(p["size"])]
@@ -286,7 +295,7 @@ class Runner:
                 stderr=subprocess.PIPE,
                 text=True,
                 bufsize=1,
-                preexec_fn=self._pin(self.client_cpu),
+                preexec_fn=self._pin(self.client_cpus),
             )
             lg_out = LineReader(client.stdout, "loadgen")
             lg_err = LineReader(client.stderr, "loadgen")
@@ -326,10 +335,8 @@ class Runner:
             "errors": errors,
             "server_cpu_s": usage["cpu_s"],
             "server_window_s": usage["wall_s"],
-            # Share of one core the load generator used: near 1.0 would make it the bottleneck.
-            "client_busy": result.get("cpu_s", 0.0) / result["seconds"]
-            if result["seconds"] > 0
-            else None,
+            # Share of its cores the load generator used: near 1.0 makes it the bottleneck.
+            "client_busy": busy_share(result),
         }
 
     @staticmethod
@@ -523,6 +530,11 @@ def main(argv=None) -> int:
         "--no-pin", action="store_true", help="do not pin the server and the client to CPUs"
     )
     parser.add_argument("--no-chart", action="store_true", help="skip chart.png")
+    parser.add_argument(
+        "--client-threads",
+        type=int,
+        help="load generator threads (default: one per CPU left to it, at most 4)",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmark ids and exit")
     args = parser.parse_args(argv)
 
@@ -554,7 +566,7 @@ def main(argv=None) -> int:
     for name in loops:
         ok, info = probe_loop(name)
         (available if ok else unavailable)[name] = info
-    server_cpu, client_cpu = pick_cpus(not args.no_pin)
+    server_cpus, client_cpus, client_threads = pick_cpus(not args.no_pin, args.client_threads)
     started = datetime.datetime.now(datetime.UTC)
     meta = {
         "started": started.isoformat(timespec="seconds"),
@@ -570,7 +582,9 @@ def main(argv=None) -> int:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "pinned": {"server_cpu": server_cpu, "client_cpu": client_cpu},
+        "server_cpus": sorted(server_cpus) if server_cpus else None,
+        "client_cpus": sorted(client_cpus) if client_cpus else None,
+        "client_threads": client_threads,
         "packages": {
             name: package_version(name) for name in ("uvicorn", "httptools", "matplotlib")
         },
@@ -584,7 +598,7 @@ def main(argv=None) -> int:
         file=sys.stderr,
     )
 
-    runner = Runner(loadgen, duration, warmup, server_cpu, client_cpu)
+    runner = Runner(loadgen, duration, warmup, server_cpus, client_cpus, client_threads)
     progress = Progress(len(benches) * reps * len(loops))
     results: list[dict] = []
     interrupted = False
@@ -645,7 +659,7 @@ def main(argv=None) -> int:
         print("\n".join(notes))
     busy = client_bound(results)
     if busy:
-        print("\nthe load generator used over 90% of its core (client-bound figures) in:")
+        print("\nthe load generator used over 90% of its CPU (figures may be client-bound) in:")
         print("\n".join(busy))
     print(
         f"\n{len(results)} benchmarks; medians of {reps} rep(s) of {duration:g} s. "

@@ -230,7 +230,11 @@ impl LoopCore {
         if self.state.borrow(py).thread_id.is_some() {
             return Err(PyRuntimeError::new_err("This event loop is already running"));
         }
-        if !asyncio_events(py)?.getattr(intern!(py, "_get_running_loop"))?.call0()?.is_none() {
+        if !asyncio_events(py)?
+            .getattr(intern!(py, "_get_running_loop"))?
+            .call0()?
+            .is_none()
+        {
             return Err(PyRuntimeError::new_err(
                 "Cannot run the event loop while another loop is running",
             ));

@@ -16,10 +16,11 @@ import warnings
 import weakref
 
 from ferroloop._core import LoopCore
+from ferroloop._net import NetworkMixin
 from ferroloop._transports import SocketTransport
 
 
-class Loop(LoopCore, asyncio.AbstractEventLoop):
+class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self) -> None:

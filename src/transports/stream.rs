@@ -29,14 +29,41 @@ use crate::gil::{py_attr, GilCell};
 pub(crate) const MAX_READ: usize = 256 * 1024;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// After a read of at least this size, the next read goes straight into a new bytes
+/// object instead of through the shared buffer.
+const BULK_READ: usize = 64 * 1024;
 /// Buffers handed to one `writev`.
 const IOV_BATCH: usize = 64;
 const DEFAULT_HIGH: usize = 64 * 1024;
 
+/// Writes of at least this many bytes of an immutable `bytes` are queued by reference,
+/// not copied.
+const SHARE_AT_LEAST: usize = 16 * 1024;
+
+/// One queued piece: bytes we copied, or a `bytes` object we keep a reference to.
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Py<PyBytes>),
+}
+
+impl Chunk {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            // SAFETY: a bytes object is immutable and we hold a reference to it, so its
+            // buffer is valid and unchanged for as long as the chunk lives.
+            Chunk::Shared(b) => unsafe {
+                let p = b.as_ptr();
+                std::slice::from_raw_parts(ffi::PyBytes_AsString(p) as *const u8, ffi::PyBytes_Size(p) as usize)
+            },
+        }
+    }
+}
+
 /// Bytes queued for sending: whole chunks, the first one partly sent.
 #[derive(Default)]
 struct WriteBuffer {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     /// Bytes of the first chunk already sent.
     offset: usize,
     /// Bytes queued in all, not counting `offset`.
@@ -44,14 +71,37 @@ struct WriteBuffer {
 }
 
 impl WriteBuffer {
-    fn push(&mut self, data: &[u8]) {
-        self.size += data.len();
-        // Small writes join the last chunk, so a flush needs few iovecs.
-        // The first chunk is left alone while partly sent, so `offset` stays valid.
+    /// Queues `data[skip..]`; `shared` is the bytes object `data` belongs to, if any.
+    fn push(&mut self, data: &[u8], skip: usize, shared: Option<&Bound<'_, PyBytes>>) {
+        let rest = &data[skip..];
+        if rest.is_empty() {
+            return;
+        }
+        self.size += rest.len();
+        if let Some(b) = shared.filter(|_| rest.len() >= SHARE_AT_LEAST) {
+            if self.chunks.is_empty() {
+                self.offset = skip;
+            } else if skip != 0 {
+                // Only the first chunk may start part-way; copy instead.
+                self.chunks.push_back(Chunk::Owned(rest.to_vec()));
+                return;
+            }
+            self.chunks.push_back(Chunk::Shared(b.clone().unbind()));
+            return;
+        }
+        // Small writes join the last owned chunk, so a flush needs few iovecs. The first
+        // chunk is left alone while partly sent, so `offset` stays valid.
         let joinable = self.chunks.len() > 1 || self.offset == 0;
         match self.chunks.back_mut() {
-            Some(last) if joinable && last.len() + data.len() <= 16 * 1024 => last.extend_from_slice(data),
-            _ => self.chunks.push_back(data.to_vec()),
+            Some(Chunk::Owned(last)) if joinable && last.len() + rest.len() <= SHARE_AT_LEAST => {
+                last.extend_from_slice(rest)
+            }
+            _ => {
+                if self.chunks.is_empty() {
+                    self.offset = 0;
+                }
+                self.chunks.push_back(Chunk::Owned(rest.to_vec()))
+            }
         }
     }
 
@@ -71,10 +121,11 @@ impl WriteBuffer {
             .take(IOV_BATCH)
             .enumerate()
             .map(|(i, c)| {
+                let s = c.as_slice();
                 let start = if i == 0 { self.offset } else { 0 };
                 libc::iovec {
-                    iov_base: c[start..].as_ptr() as *mut libc::c_void,
-                    iov_len: c.len() - start,
+                    iov_base: s[start..].as_ptr() as *mut libc::c_void,
+                    iov_len: s.len() - start,
                 }
             })
             .collect()
@@ -83,8 +134,8 @@ impl WriteBuffer {
     fn consume(&mut self, mut n: usize) {
         self.size -= n;
         while n > 0 {
-            let first = self.chunks.front().expect("consumed more than queued");
-            let left = first.len() - self.offset;
+            let first = self.chunks.front().expect("consumed more than queued").as_slice().len();
+            let left = first - self.offset;
             if n >= left {
                 n -= left;
                 self.chunks.pop_front();
@@ -122,6 +173,8 @@ struct TransportState {
     /// Writes attempted after the connection was lost, plus one once it is.
     conn_lost: u32,
     protocol_connected: bool,
+    /// Size of the last read, to pick the read strategy.
+    last_read: usize,
     /// Registered with the loop for reading / writing.
     reading: bool,
     writing: bool,
@@ -213,6 +266,60 @@ fn sendv(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
 
 fn recv(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
     syscall!(recv(fd, buf as *mut libc::c_void, len, 0)).map(|n| n as usize)
+}
+
+extern "C" {
+    /// CPython's in-place resize of a fresh bytes object (not exported by pyo3-ffi).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+}
+
+/// Receives into the loop's shared buffer and copies out what arrived: cheapest for
+/// small reads. `None` at end of file.
+fn recv_shared<'py>(py: Python<'py>, fd: RawFd, loop_: &Py<LoopCore>) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
+    let mut buf = loop_.get().read_buf.borrow_mut(py);
+    let n = recv(fd, buf.as_mut_ptr(), buf.len())?;
+    Ok((n > 0).then(|| PyBytes::new(py, &buf[..n])))
+}
+
+/// Receives straight into a new bytes object sized by FIONREAD: no copy, for a
+/// connection whose reads are large. (A bytes object of the full 256 KiB, shrunk after
+/// the read, would come from mmap on every read.)
+fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, loop_: &Py<LoopCore>) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
+    let mut avail: libc::c_int = 0;
+    syscall!(ioctl(fd, libc::FIONREAD, &mut avail))?;
+    if avail <= 0 {
+        // Nothing queued (end of file, or an error to report): the plain path says which.
+        return recv_shared(py, fd, loop_);
+    }
+    let size = (avail as usize).min(MAX_READ);
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes
+    // object of n bytes (or NULL on memory error), which nothing else has seen yet, so
+    // writing into it and resizing it in place are allowed. Every path releases or
+    // hands over the reference exactly once. The GIL is held.
+    unsafe {
+        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as ffi::Py_ssize_t);
+        if obj.is_null() {
+            PyErr::take(py);
+            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+        }
+        let n = match recv(fd, ffi::PyBytes_AsString(obj) as *mut u8, size) {
+            Ok(n) => n,
+            Err(e) => {
+                ffi::Py_DECREF(obj);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            ffi::Py_DECREF(obj);
+            return Ok(None);
+        }
+        if n < size && _PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) < 0 {
+            // The failed resize already released the object.
+            PyErr::take(py);
+            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+        }
+        Ok(Some(Bound::from_owned_ptr(py, obj).cast_into_unchecked()))
+    }
 }
 
 /// Is `obj` bytes, bytearray or memoryview, the types asyncio's write() accepts?
@@ -429,18 +536,18 @@ impl StreamTransport {
         if buffered {
             return Self::read_ready_buffered(slf, callback);
         }
-        let data = {
-            let mut buf = loop_.get().read_buf.borrow_mut(py);
-            match recv(this.fd, buf.as_mut_ptr(), buf.len()) {
-                Ok(0) => None,
-                Ok(n) => Some(PyBytes::new(py, &buf[..n])),
-                Err(e) if would_block(&e) => return Ok(()),
-                Err(e) => {
-                    drop(buf);
-                    return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on socket transport");
-                }
-            }
+        let bulk = this.state.borrow(py).last_read >= BULK_READ;
+        let received = if bulk {
+            recv_bytes(py, this.fd, &loop_)
+        } else {
+            recv_shared(py, this.fd, &loop_)
         };
+        let data = match received {
+            Ok(d) => d,
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on socket transport"),
+        };
+        this.state.borrow_mut(py).last_read = data.as_ref().map_or(0, |d| d.as_bytes().len());
         let Some(data) = data else { return Self::on_eof(slf) };
         let result = match callback {
             Some(cb) => cb.bind(py).call1((data,)),
@@ -575,7 +682,7 @@ impl StreamTransport {
 
     /// What write() and writelines() share once the data is known to be bytes-like:
     /// the checks, then send now or queue.
-    fn write_buffers(slf: &Bound<'_, Self>, views: &[BufferView]) -> PyResult<()> {
+    fn write_buffers(slf: &Bound<'_, Self>, views: &[BufferView], objs: &[Bound<'_, PyAny>]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let total: usize = views.iter().map(|v| v.len()).sum();
@@ -626,13 +733,19 @@ impl StreamTransport {
         {
             let mut st = this.state.borrow_mut(py);
             let mut skip = sent;
-            for v in views {
+            for (v, obj) in views.iter().zip(objs) {
                 let s = v.as_slice();
                 if skip >= s.len() {
                     skip -= s.len();
                     continue;
                 }
-                st.buffer.push(&s[skip..]);
+                st.buffer.push(
+                    s,
+                    skip,
+                    obj.cast::<PyBytes>()
+                        .ok()
+                        .filter(|b| b.is_exact_instance_of::<PyBytes>()),
+                );
                 skip = 0;
             }
         }
@@ -722,6 +835,7 @@ impl StreamTransport {
                 paused: false,
                 conn_lost: 0,
                 protocol_connected: false,
+                last_read: 0,
                 reading: false,
                 writing: false,
             }),
@@ -762,11 +876,12 @@ impl StreamTransport {
             )));
         }
         let view = BufferView::get(data, false)?;
-        Self::write_buffers(slf, std::slice::from_ref(&view))
+        Self::write_buffers(slf, std::slice::from_ref(&view), std::slice::from_ref(data))
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut views = Vec::new();
+        let mut objs = Vec::new();
         for (i, item) in list_of_data.try_iter()?.enumerate() {
             let item = item?;
             if !is_bytes_like(&item) {
@@ -776,8 +891,9 @@ impl StreamTransport {
                 )));
             }
             views.push(BufferView::get(&item, false)?);
+            objs.push(item);
         }
-        Self::write_buffers(slf, &views)
+        Self::write_buffers(slf, &views, &objs)
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {

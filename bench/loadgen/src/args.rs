@@ -25,6 +25,8 @@ options:
   --duration SECS    length of the measured window (default 5)
   --warmup SECS      load before the window, not measured (default 1)
   --path PATH        request path for http (default /)
+  --threads N        client threads, each with its own epoll and share of the connections
+                     (default 1; more only helps when there are cores to spare beside the server)
   --hold             after the window, keep the connections open until stdin closes
 
 Prints `window-start` and `window-end` lines on stderr at the edges of the measured window and
@@ -63,6 +65,8 @@ pub struct Config {
     pub warmup: Duration,
     pub path: String,
     pub hold: bool,
+    /// Threads, each with its own epoll instance and share of the connections.
+    pub threads: usize,
 }
 
 fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
@@ -113,6 +117,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         warmup: Duration::from_secs(1),
         path: "/".into(),
         hold: false,
+        threads: 1,
     };
     while let Some(flag) = it.next() {
         if flag == "--hold" {
@@ -130,6 +135,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
             "--duration" => cfg.duration = seconds(flag, value)?,
             "--warmup" => cfg.warmup = seconds(flag, value)?,
             "--path" => cfg.path = value.clone(),
+            "--threads" => cfg.threads = count(flag, value)?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -153,6 +159,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         }
         _ => return Err("give exactly one target: --tcp HOST:PORT, --host HOST --port N, or --unix PATH".into()),
     };
+    cfg.threads = cfg.threads.min(cfg.conns);
     if cfg.mode == Mode::Http && !cfg.path.starts_with('/') {
         return Err("--path must start with /".into());
     }
@@ -170,12 +177,12 @@ mod tests {
     #[test]
     fn parses_a_full_command_line() {
         let cfg = parse(&strings(
-            "echo --tcp 127.0.0.1:9 --conns 3 --size 10 --duration 0.5 --warmup 0 --hold",
+            "echo --tcp 127.0.0.1:9 --conns 3 --size 10 --duration 0.5 --warmup 0 --hold --threads 2",
         ))
         .unwrap();
         assert_eq!(cfg.mode, Mode::Echo);
         assert!(matches!(cfg.target, Target::Tcp(a) if a.port() == 9));
-        assert_eq!((cfg.conns, cfg.size, cfg.hold), (3, 10, true));
+        assert_eq!((cfg.conns, cfg.size, cfg.hold, cfg.threads), (3, 10, true, 2));
         assert_eq!(cfg.duration, Duration::from_millis(500));
         assert_eq!(cfg.warmup, Duration::ZERO);
     }

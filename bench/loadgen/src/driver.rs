@@ -1,4 +1,5 @@
-//! The load loop: one thread, one epoll instance, a fixed set of connection slots.
+//! The load loop: a fixed set of connection slots driven by one epoll instance per thread
+//! (one thread unless `--threads` says more).
 //!
 //! Each slot runs a closed loop: it issues a request, waits for the whole response, records the
 //! latency and issues the next one, so the offered load adapts to the server's speed and the
@@ -156,9 +157,9 @@ fn same_bytes(got: &[u8], want: &[u8]) -> bool {
 }
 
 impl<'a> Driver<'a> {
-    fn new(cfg: &'a Config) -> io::Result<Self> {
+    fn new(cfg: &'a Config, conns: usize) -> io::Result<Self> {
         let now = Instant::now();
-        let slots = (0..cfg.conns)
+        let slots = (0..conns)
             .map(|_| Slot {
                 fd: -1,
                 gen: 0,
@@ -181,7 +182,7 @@ impl<'a> Driver<'a> {
             ops: 0,
             errors: 0,
             measuring: false,
-            idle: cfg.conns,
+            idle: conns,
         })
     }
 
@@ -393,22 +394,17 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn run(mut self) -> io::Result<(Report, Vec<Slot>)> {
-        let start = Instant::now();
-        let window_start_at = start + self.cfg.warmup;
-        let window_end_at = window_start_at + self.cfg.duration;
+    /// Runs the slots until `window_end_at`, counting what completes from `window_start_at`.
+    fn run(mut self, window_start_at: Instant, window_end_at: Instant) -> io::Result<Part> {
         let mut raw = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
         let mut events = Vec::with_capacity(raw.len());
-        let mut window_start = start;
-        let mut cpu_start = 0.0;
-        let mut now = start;
+        let mut now = Instant::now();
+        let mut window_start = window_start_at;
         self.reopen_idle(now);
         loop {
             if !self.measuring && now >= window_start_at {
                 self.measuring = true;
                 window_start = now;
-                cpu_start = net::cpu_seconds();
-                eprintln!("window-start");
             }
             if self.measuring && now >= window_end_at {
                 break;
@@ -429,27 +425,89 @@ impl<'a> Driver<'a> {
                 self.reopen_idle(now);
             }
         }
-        let cpu_seconds = net::cpu_seconds() - cpu_start;
-        eprintln!("window-end");
-        let _ = io::stderr().flush();
-        let report = Report {
+        Ok(Part {
             ops: self.ops,
-            seconds: now.duration_since(window_start).as_secs_f64(),
             errors: self.errors,
-            cpu_seconds,
             hist: self.hist,
-        };
-        // The slots go back to the caller so that their sockets stay open while it holds.
-        Ok((report, self.slots))
+            window_start,
+            window_end: now,
+            slots: self.slots,
+        })
     }
 }
 
-/// Runs the load described by `cfg`. With `cfg.hold`, `after_window` is called before the
-/// sockets are closed.
+/// What one thread measured; its slots come along so that their sockets stay open while the
+/// caller holds.
+struct Part {
+    ops: u64,
+    errors: u64,
+    hist: Histogram,
+    window_start: Instant,
+    window_end: Instant,
+    slots: Vec<Slot>,
+}
+
+/// Splits `conns` connections over `threads` threads as evenly as possible.
+fn shares(conns: usize, threads: usize) -> Vec<usize> {
+    let threads = threads.clamp(1, conns.max(1));
+    (0..threads)
+        .map(|t| conns / threads + usize::from(t < conns % threads))
+        .collect()
+}
+
+/// Runs the load described by `cfg`: `cfg.threads` threads, each with its own epoll instance
+/// and share of the connections. Prints `window-start` and `window-end` on stderr at the edges
+/// of the measured window. With `cfg.hold`, `after_window` is called before the sockets are
+/// closed.
 pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Report> {
-    let (report, slots) = Driver::new(cfg)?.run()?;
+    let drivers = shares(cfg.conns, cfg.threads)
+        .into_iter()
+        .map(|n| Driver::new(cfg, n))
+        .collect::<io::Result<Vec<_>>>()?;
+    let window_start_at = Instant::now() + cfg.warmup;
+    let window_end_at = window_start_at + cfg.duration;
+    let (parts, cpu_seconds) = std::thread::scope(|scope| {
+        let handles: Vec<_> = drivers
+            .into_iter()
+            .map(|d| scope.spawn(move || d.run(window_start_at, window_end_at)))
+            .collect();
+        std::thread::sleep(window_start_at.saturating_duration_since(Instant::now()));
+        let cpu_start = net::cpu_seconds();
+        eprintln!("window-start");
+        let parts: Vec<io::Result<Part>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("load thread panicked")))
+            })
+            .collect();
+        (parts, net::cpu_seconds() - cpu_start)
+    });
+    eprintln!("window-end");
+    let _ = io::stderr().flush();
+    let parts = parts.into_iter().collect::<io::Result<Vec<_>>>()?;
+    let mut hist = Histogram::new();
+    let (mut ops, mut errors) = (0, 0);
+    for part in &parts {
+        hist.merge(&part.hist);
+        ops += part.ops;
+        errors += part.errors;
+    }
+    let first = parts.iter().map(|p| p.window_start).min();
+    let last = parts.iter().map(|p| p.window_end).max();
+    let seconds = match (first, last) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let report = Report {
+        ops,
+        seconds,
+        errors,
+        cpu_seconds,
+        hist,
+    };
     after_window(&report);
-    for slot in slots {
+    for slot in parts.iter().flat_map(|p| &p.slots) {
         if slot.fd >= 0 {
             net::close(slot.fd);
         }
@@ -474,6 +532,13 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn connections_are_shared_evenly() {
+        assert_eq!(shares(10, 1), vec![10]);
+        assert_eq!(shares(10, 3), vec![4, 3, 3]);
+        assert_eq!(shares(2, 4), vec![1, 1]);
     }
 
     #[test]

@@ -58,6 +58,15 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
+    /// Adds every value recorded in `other`.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+    }
+
     /// Largest recorded value, 0 when empty.
     pub fn max(&self) -> u64 {
         self.max
@@ -110,6 +119,11 @@ mod tests {
         assert!((p50 / 50_000_000.0 - 1.0).abs() < 0.02, "p50 {p50}");
         assert!((p99 / 99_000_000.0 - 1.0).abs() < 0.02, "p99 {p99}");
         assert_eq!(h.quantile(1.0), 100_000_000);
+        let mut merged = Histogram::new();
+        merged.merge(&h);
+        merged.merge(&h);
+        assert_eq!(merged.total, 2 * h.total);
+        assert_eq!(merged.quantile(0.5), h.quantile(0.5));
         assert_eq!(Histogram::new().quantile(0.5), 0);
     }
 }

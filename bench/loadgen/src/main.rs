@@ -1,10 +1,10 @@
 //! loadgen: the load generator of the ferroloop benchmark suite.
 //!
-//! A single-threaded epoll client that keeps a fixed number of connections busy against a
-//! server on this machine (echo, HTTP/1.1 keep-alive, or connection churn), so that the Python
-//! server under test is the bottleneck and never the client. It prints one JSON line with the
-//! throughput, the latency percentiles and the error count of the measured window. See
-//! `loadgen --help` and bench/README.md.
+//! An epoll client (one thread unless `--threads` says more) that keeps a fixed number of
+//! connections busy against a server on this machine (echo, HTTP/1.1 keep-alive, or
+//! connection churn), so that the Python server under test is the bottleneck and not the
+//! client. It prints one JSON line with the throughput, the latency percentiles and the error
+//! count of the measured window. See `loadgen --help` and bench/README.md.
 
 mod args;
 mod driver;
@@ -22,11 +22,12 @@ fn to_json(cfg: &args::Config, r: &Report) -> String {
     let rate = if r.seconds > 0.0 { r.ops as f64 / r.seconds } else { 0.0 };
     format!(
         concat!(
-            "{{\"mode\":\"{}\",\"conns\":{},\"size\":{},\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{:.1},",
+            "{{\"mode\":\"{}\",\"conns\":{},\"threads\":{},\"size\":{},\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{:.1},",
             "\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"errors\":{},\"cpu_s\":{:.4}}}"
         ),
         cfg.mode.name(),
         cfg.conns,
+        cfg.threads,
         cfg.size,
         r.ops,
         r.seconds,
