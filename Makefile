@@ -25,7 +25,7 @@ demo: install
 	$(VPY) -m ferroloop examples/demo.py
 
 cargo-test:
-	cargo test --workspace --release -q
+	cargo test --workspace --profile quick -q
 
 test: install $(VENV)/.test-deps cargo-test
 	$(VPY) -m pytest tests

@@ -70,20 +70,47 @@ MODULES = (
     "test_pep492",
     "test_threads",
     "test_futures2",
+    "test_streams",
+    "test_server",
+    "test_buffered_proto",
+    "test_sock_lowlevel",
 )
 
 PACKAGE = "test.test_asyncio"
 
-# test_events' loop classes bound to the stdlib selectors; replaced by
-# FerroloopEventLoopTests (same mixins, the loop under test).
-STDLIB_LOOP_CLASSES = frozenset(
-    {
-        "EPollEventLoopTests",
-        "PollEventLoopTests",
-        "SelectEventLoopTests",
-        "KqueueEventLoopTests",
-        "ProactorEventLoopTests",
-    }
+# Per module, the test classes CPython binds to its own loops (selectors,
+# proactor): they are dropped, and a class with the same mixins bound to the
+# loop under test replaces them (see _LOOP_BINDINGS below).
+STDLIB_LOOP_CLASSES = {
+    "test_events": frozenset(
+        {
+            "EPollEventLoopTests",
+            "PollEventLoopTests",
+            "SelectEventLoopTests",
+            "KqueueEventLoopTests",
+            "ProactorEventLoopTests",
+        }
+    ),
+    "test_sock_lowlevel": frozenset(
+        {
+            "EPollEventLoopTests",
+            "PollEventLoopTests",
+            "SelectEventLoopTests",
+            "KqueueEventLoopTests",
+            "ProactorEventLoopTests",
+        }
+    ),
+    "test_server": frozenset({"SelectorStartServerTests", "ProactorStartServerTests"}),
+    "test_buffered_proto": frozenset(
+        {"BufferedProtocolSelectorTests", "BufferedProtocolProactorTests"}
+    ),
+}
+
+# Modules every test of which must run on the loop under test: the runner
+# records the type of each test's ``self.loop`` (after setUp) and reports a
+# runner error when one is not the loop under test.
+LOOP_CHECKED_MODULES = frozenset(
+    {"test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel"}
 )
 
 LOOP_MODES = ("ferroloop", "asyncio")
@@ -327,8 +354,7 @@ def _probe_loop_type() -> str:
 
     loop = asyncio.new_event_loop()
     try:
-        cls = type(loop)
-        return f"{cls.__module__}.{cls.__qualname__}"
+        return _loop_type_name(loop)
     finally:
         loop.close()
 
@@ -372,10 +398,65 @@ def _bind_test_events(module, loop_factory):
                 watcher.attach_loop(self.loop)
             asyncio.set_child_watcher(watcher)
 
-    FerroloopEventLoopTests.__module__ = module.__name__
-    FerroloopEventLoopTests.__qualname__ = "FerroloopEventLoopTests"
-    module.FerroloopEventLoopTests = FerroloopEventLoopTests
-    return FerroloopEventLoopTests
+    return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
+
+
+def _register(module, cls, name: str):
+    """Make cls a class of the CPython module, so that its test ids read
+    module.Class.test like the module's own classes."""
+    cls.__module__ = module.__name__
+    cls.__name__ = name
+    cls.__qualname__ = name
+    setattr(module, name, cls)
+    return cls
+
+
+def _bind_test_sock_lowlevel(module, loop_factory):
+    """FerroloopEventLoopTests: test_sock_lowlevel's BaseSockTestsMixin bound
+    to the loop under test, like its EPollEventLoopTests are bound to
+    SelectorEventLoop(EpollSelector())."""
+    from test.test_asyncio import utils as test_utils
+
+    class FerroloopEventLoopTests(module.BaseSockTestsMixin, test_utils.TestCase):
+        def create_event_loop(self):
+            return loop_factory()
+
+    return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
+
+
+def _bind_test_server(module, loop_factory):
+    """FerroloopStartServerTests: test_server's tests with new_loop() giving
+    the loop under test. It derives from SelectorStartServerTests, which adds
+    the Unix-socket test to BaseStartServer; only new_loop() changes."""
+
+    class FerroloopStartServerTests(module.SelectorStartServerTests):
+        def new_loop(self):
+            return loop_factory()
+
+    return _register(module, FerroloopStartServerTests, "FerroloopStartServerTests")
+
+
+def _bind_test_buffered_proto(module, loop_factory):
+    """BufferedProtocolFerroloopTests: BaseTestBufferedProtocol with new_loop()
+    giving the loop under test (CPython's BufferedProtocolSelectorTests gives
+    asyncio.SelectorEventLoop())."""
+    import unittest
+
+    class BufferedProtocolFerroloopTests(module.BaseTestBufferedProtocol, unittest.TestCase):
+        def new_loop(self):
+            return loop_factory()
+
+    return _register(module, BufferedProtocolFerroloopTests, "BufferedProtocolFerroloopTests")
+
+
+# Module -> function(module, loop_factory) returning the class that replaces
+# the module's STDLIB_LOOP_CLASSES.
+_LOOP_BINDINGS = {
+    "test_events": _bind_test_events,
+    "test_sock_lowlevel": _bind_test_sock_lowlevel,
+    "test_server": _bind_test_server,
+    "test_buffered_proto": _bind_test_buffered_proto,
+}
 
 
 def _flatten(suite):
@@ -395,11 +476,34 @@ def _load_tests(module_name: str, loop_factory):
     module = importlib.import_module(f"{PACKAGE}.{module_name}")
     loader = unittest.TestLoader()
     tests = list(_flatten(loader.loadTestsFromModule(module)))
-    if module_name == "test_events":
-        tests = [t for t in tests if type(t).__name__ not in STDLIB_LOOP_CLASSES]
-        cls = _bind_test_events(module, loop_factory)
+    bind = _LOOP_BINDINGS.get(module_name)
+    if bind is not None:
+        dropped = STDLIB_LOOP_CLASSES[module_name]
+        tests = [t for t in tests if type(t).__name__ not in dropped]
+        cls = bind(module, loop_factory)
         tests = list(_flatten(loader.loadTestsFromTestCase(cls))) + tests
     return tests
+
+
+def _loop_type_name(loop) -> str:
+    cls = type(loop)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _watch_test_loop(test, emit) -> None:
+    """Report the type of the test's ``self.loop`` once its setUp has run
+    (the loop the test actually runs on; FunctionalTestCaseMixin's tearDown
+    drops it, so it is read right after setUp)."""
+    tid = short_id(test.id())
+    setup = test.setUp
+
+    def setUp():
+        setup()
+        loop = getattr(test, "loop", None)
+        if loop is not None:
+            emit(event="test_loop", id=tid, type=_loop_type_name(loop))
+
+    test.setUp = setUp
 
 
 def _fixture_id(description: str) -> str:
@@ -488,6 +592,7 @@ def child_main(args) -> int:
         def startTest(self, test):
             super().startTest(test)
             emit(event="start", id=short_id(test.id()))
+            _watch_test_loop(test, emit)
             faulthandler.dump_traceback_later(timeout, exit=True, file=fault)
 
         def stopTest(self, test):
@@ -557,6 +662,7 @@ class ModuleReport:
     results: dict = dataclasses.field(default_factory=dict)  # id -> {outcome, detail}
     collected: list = dataclasses.field(default_factory=list)
     loop_types: list = dataclasses.field(default_factory=list)
+    test_loop_types: dict = dataclasses.field(default_factory=dict)  # id -> type of self.loop
     errors: list = dataclasses.field(default_factory=list)  # runner-level problems
     complete: bool = False
     wall: float = 0.0
@@ -599,6 +705,7 @@ class ModuleReport:
             ok=self.ok,
             wall_seconds=round(self.wall, 1),
             loop_types=sorted(set(self.loop_types)),
+            test_loop_types=_count_values(self.test_loop_types),
             expected_failures_by_reason=dict(sorted(self.reasons.items())),
             listed_but_skipped_ids=sorted(self.listed_skipped),
             unexpected_failures_ids=sorted(self.unexpected_failures),
@@ -609,6 +716,13 @@ class ModuleReport:
             log=self.log,
         )
         return data
+
+
+def _count_values(mapping: dict) -> dict:
+    counts: dict = {}
+    for value in mapping.values():
+        counts[value] = counts.get(value, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _read_events(path: str, offset: int = 0) -> list[dict]:
@@ -715,6 +829,8 @@ def run_module(module: str, mode: str | None = None, *, k: list[str] | None = No
                         started = None
                 elif kind == "loop":
                     report.loop_types.append(ev["type"])
+                elif kind == "test_loop":
+                    report.test_loop_types[ev["id"]] = ev["type"]
                 elif kind == "done":
                     finished = True
                     if not ev.get("policy_ok", True):
@@ -818,6 +934,15 @@ def classify(report: ModuleReport, expected: dict[str, str] | None, *,
         )
     elif report.complete and len(report.loop_types) < 2:
         report.errors.append("the child did not report the loop type at start and end")
+    if report.module in LOOP_CHECKED_MODULES:
+        other = sorted(
+            f"{tid} ({t})" for tid, t in report.test_loop_types.items() if not t.startswith(prefix)
+        )
+        if other:
+            report.errors.append(
+                f"tests that did not run on the loop under test ({report.loop}): "
+                + ", ".join(other)
+            )
     return report
 
 
