@@ -55,6 +55,12 @@ async def close_server(server):
     await server.wait_closed()
 
 
+def ssl_socket():
+    """An (unconnected) ssl.SSLSocket."""
+    ctx = ssl.create_default_context()
+    return ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False)
+
+
 def refused_addrinfo(host="127.0.0.1", family=socket.AF_INET):
     port = free_port(family, host)
     addr = (host, port) if family == socket.AF_INET else (host, port, 0, 0)
@@ -469,6 +475,66 @@ def test_create_connection_cancelled_closes_socket(loop):
     assert fd_count() == before
 
 
+def test_create_connection_cancelled_while_transport_starts(loop):
+    """Cancelled once the transport exists: the transport is closed, and the
+    protocol still sees connection_made() then connection_lost()."""
+    before = fd_count()
+
+    async def main():
+        server, sfactory, addr = await start_echo_server(loop)
+        protocols = []
+        task = None
+
+        def factory():
+            p = Recorder(loop)
+            protocols.append(p)
+            # Runs before the transport's own callbacks (connection_made, then
+            # the waiter's result).
+            loop.call_soon(task.cancel)
+            return p
+
+        task = loop.create_task(loop.create_connection(factory, *addr))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (p,) = protocols
+        await p.lost
+        assert p.events == ["made", "lost"]
+        assert p.lost.result() is None
+        sp = await sfactory.wait_for(1)
+        await sp.lost
+        await close_server(server)
+
+    run(loop, main())
+    assert fd_count() == before
+
+
+def test_create_connection_getaddrinfo_error(loop):
+    async def failing(host, port, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    loop.getaddrinfo = failing
+    before = fd_count()
+
+    async def main():
+        with pytest.raises(socket.gaierror) as info:
+            await loop.create_connection(asyncio.Protocol, "nowhere.invalid", 80)
+        assert info.value.errno == socket.EAI_NONAME
+        with pytest.raises(socket.gaierror):
+            await loop.create_server(asyncio.Protocol, "nowhere.invalid", 80)
+        with pytest.raises(socket.gaierror):
+            await loop.create_connection(
+                asyncio.Protocol, "127.0.0.1", 80, local_addr=("nowhere.invalid", 0)
+            )
+        s = socket.socket()
+        s.setblocking(False)
+        with pytest.raises(socket.gaierror):
+            await loop.sock_connect(s, ("nowhere.invalid", 80))
+        s.close()
+
+    run(loop, main())
+    assert fd_count() == before
+
+
 def test_create_connection_protocol_factory_error_closes_socket(loop):
     before = fd_count()
 
@@ -491,11 +557,12 @@ def test_create_connection_protocol_factory_error_closes_socket(loop):
     assert fd_count() == before
 
 
+NO_HOSTNAME = "You must set server_hostname when using ssl without a host"
 SSL_ARGUMENT_ERRORS = [
     (dict(server_hostname="example.com"), "server_hostname is only meaningful with ssl"),
     (dict(ssl=False, server_hostname="example.com"), "server_hostname is only meaningful with ssl"),
-    (dict(ssl=True, host=None, port=80), "You must set server_hostname when using ssl without a host"),
-    (dict(ssl=True, host="", port=80), "You must set server_hostname when using ssl without a host"),
+    (dict(ssl=True, host=None, port=80), NO_HOSTNAME),
+    (dict(ssl=True, host="", port=80), NO_HOSTNAME),
     (dict(ssl_handshake_timeout=1.0), "ssl_handshake_timeout is only meaningful with ssl"),
     (dict(ssl_shutdown_timeout=1.0), "ssl_shutdown_timeout is only meaningful with ssl"),
 ]
@@ -534,8 +601,7 @@ def test_create_connection_sock_argument_errors(loop):
         with pytest.raises(ValueError) as info:
             await loop.create_connection(asyncio.Protocol)
         assert str(info.value) == "host and port was not specified and no sock specified"
-        ctx = ssl.create_default_context()
-        with ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False) as s:
+        with ssl_socket() as s:
             with pytest.raises(TypeError, match="^Socket cannot be of type SSLSocket$"):
                 await loop.create_connection(asyncio.Protocol, sock=s)
 
@@ -588,7 +654,9 @@ def test_create_connection_tls_not_implemented(ferroloop_module):
                     await loop.connect_accepted_socket(asyncio.Protocol, s, ssl=True)
                 assert s.fileno() != -1  # untouched
             with pytest.raises(NotImplementedError):
-                await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=ssl.SSLContext())
+                await loop.create_server(
+                    asyncio.Protocol, "127.0.0.1", 0, ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                )
             assert calls == []  # refused before any I/O
 
         run(loop, main())
@@ -822,8 +890,7 @@ def test_create_server_argument_errors(loop):
         with pytest.raises(ValueError) as info:
             await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl_shutdown_timeout=1)
         assert str(info.value) == "ssl_shutdown_timeout is only meaningful with ssl"
-        ctx = ssl.create_default_context()
-        with ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False) as s:
+        with ssl_socket() as s:
             with pytest.raises(TypeError, match="^Socket cannot be of type SSLSocket$"):
                 await loop.create_server(asyncio.Protocol, sock=s)
 
@@ -1185,8 +1252,7 @@ def test_connect_accepted_socket_errors(loop):
             with pytest.raises(ValueError) as info:
                 await loop.connect_accepted_socket(asyncio.Protocol, s, ssl_shutdown_timeout=1)
             assert str(info.value) == "ssl_shutdown_timeout is only meaningful with ssl"
-        ctx = ssl.create_default_context()
-        with ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False) as s:
+        with ssl_socket() as s:
             with pytest.raises(TypeError, match="^Socket cannot be of type SSLSocket$"):
                 await loop.connect_accepted_socket(asyncio.Protocol, s)
 
@@ -1383,8 +1449,7 @@ def test_sock_blocking_socket_in_debug_mode(loop, name):
 @pytest.mark.parametrize("name", SOCK_METHODS)
 def test_sock_ssl_socket_refused(loop, name):
     async def main():
-        ctx = ssl.create_default_context()
-        with ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False) as s:
+        with ssl_socket() as s:
             with pytest.raises(TypeError) as info:
                 await sock_call(loop, name, s)
             assert str(info.value) == "Socket cannot be of type SSLSocket"

@@ -138,11 +138,6 @@ def _interleave_addrinfos(addrinfos, first_address_family_count=1):
     return reordered
 
 
-def _set_result_unless_cancelled(fut, result) -> None:
-    if not fut.cancelled():
-        fut.set_result(result)
-
-
 # ---- the server ----
 
 
@@ -290,9 +285,11 @@ class NetworkMixin:
     #
     # asyncio's sock_* coroutines remove their reader (writer) when the future is
     # done, unless it was replaced meanwhile (its handle is cancelled). The public
-    # add_reader() returns no handle, so the loop remembers which callback each
-    # sock_* operation registered for an fd: it removes the watch only if that
-    # callback is still the one it registered last.
+    # add_reader() returns no handle, so each sock_* registration gets a token,
+    # kept per (fd, direction): the watch is removed only if the finished
+    # operation's token is still the latest one. (A reader that the application
+    # itself installed over a pending sock_* operation is not tracked: it is
+    # removed when that operation finishes.)
 
     def _net_watches(self) -> dict:
         try:
@@ -499,13 +496,17 @@ class NetworkMixin:
 
     # ---- name resolution ----
 
-    async def _ensure_resolved(self, address, *, family=0, type=socket.SOCK_STREAM, proto=0, flags=0):
+    async def _ensure_resolved(
+        self, address, *, family=0, type=socket.SOCK_STREAM, proto=0, flags=0
+    ):
         """getaddrinfo() for ``address``, skipping the executor for numeric hosts."""
         host, port = address[:2]
         info = _numeric_addrinfo(host, port, family, type, proto, *address[2:])
         if info is not None:
             return [info]
-        return await self.getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+        return await self.getaddrinfo(
+            host, port, family=family, type=type, proto=proto, flags=flags
+        )
 
     async def _create_server_getaddrinfo(self, host, port, family, flags):
         infos = await self._ensure_resolved(
@@ -888,7 +889,10 @@ class NetworkMixin:
             else:
                 hosts = host
 
-            fs = [self._create_server_getaddrinfo(h, port, family=family, flags=flags) for h in hosts]
+            fs = [
+                self._create_server_getaddrinfo(h, port, family=family, flags=flags)
+                for h in hosts
+            ]
             infos = await asyncio.gather(*fs)
             infos = set(itertools.chain.from_iterable(infos))
 
@@ -1035,7 +1039,13 @@ class NetworkMixin:
 
         sock.setblocking(False)
         server = Server(
-            self, [sock], protocol_factory, ssl, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+            self,
+            [sock],
+            protocol_factory,
+            ssl,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
         )
         if start_serving:
             server._start_serving()
