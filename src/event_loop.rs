@@ -534,19 +534,19 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         read: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
         let fd_obj = fd;
         let fd = fileobj_to_fd(fd)?;
         this.ensure_fd_no_transport(py, fd_obj, fd)?;
         this.check_closed(py)?;
-        let handle = Watcher::Handle(Self::new_handle(slf, callback, args, None, false)?);
-        let old = this.watch_raw(py, fd, handle, read)?;
+        let handle = Self::new_handle(slf, callback, args, None, false)?;
+        let old = this.watch_raw(py, fd, Watcher::Handle(handle.clone_ref(py)), read)?;
         if let Some(Watcher::Handle(old)) = old {
             Handle::do_cancel(old.bind(py))?;
         }
-        Ok(())
+        Ok(handle)
     }
 
     /// Makes `watcher` the reader (`read`) or writer of `fd`; returns the one it replaces.
@@ -1014,7 +1014,29 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        Self::watch(slf, fd, callback, args, true).map(drop)
+    }
+
+    /// `add_reader` that returns the Handle: cancelled when another reader replaces it.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         Self::watch(slf, fd, callback, args, true)
+    }
+
+    /// `add_writer` that returns the Handle: cancelled when another writer replaces it.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::watch(slf, fd, callback, args, false)
     }
 
     fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -1028,7 +1050,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        Self::watch(slf, fd, callback, args, false)
+        Self::watch(slf, fd, callback, args, false).map(drop)
     }
 
     fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {

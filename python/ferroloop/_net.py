@@ -284,35 +284,19 @@ class NetworkMixin:
     # ---- fd watches of the sock_* coroutines ----
     #
     # asyncio's sock_* coroutines remove their reader (writer) when the future is
-    # done, unless it was replaced meanwhile (its handle is cancelled). The public
-    # add_reader() returns no handle, so each sock_* registration gets a token,
-    # kept per (fd, direction): the watch is removed only if the finished
-    # operation's token is still the latest one. (A reader that the application
-    # itself installed over a pending sock_* operation is not tracked: it is
-    # removed when that operation finishes.)
-
-    def _net_watches(self) -> dict:
-        try:
-            return self.__dict__["_net_watch_tokens"]
-        except KeyError:
-            watches = self.__dict__["_net_watch_tokens"] = {}
-            return watches
+    # done, unless it was replaced meanwhile: then its handle is cancelled.
 
     def _sock_add_reader(self, fut, fd, callback, *args) -> None:
-        self.add_reader(fd, callback, *args)
-        token = self._net_watches()[(fd, True)] = object()
-        fut.add_done_callback(functools.partial(self._sock_watch_done, fd, True, token))
+        handle = self._add_reader(fd, callback, *args)
+        fut.add_done_callback(functools.partial(self._sock_watch_done, fd, True, handle))
 
     def _sock_add_writer(self, fut, fd, callback, *args) -> None:
-        self.add_writer(fd, callback, *args)
-        token = self._net_watches()[(fd, False)] = object()
-        fut.add_done_callback(functools.partial(self._sock_watch_done, fd, False, token))
+        handle = self._add_writer(fd, callback, *args)
+        fut.add_done_callback(functools.partial(self._sock_watch_done, fd, False, handle))
 
-    def _sock_watch_done(self, fd, read, token, fut) -> None:
-        watches = self._net_watches()
-        if watches.get((fd, read)) is not token:
-            return  # replaced by another sock_* operation on the same fd
-        del watches[(fd, read)]
+    def _sock_watch_done(self, fd, read, handle, fut) -> None:
+        if handle.cancelled():
+            return  # replaced by another reader (writer) on the same fd
         if read:
             self.remove_reader(fd)
         else:
