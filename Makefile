@@ -37,6 +37,10 @@ bench: install $(VENV)/.test-deps
 	cargo build --release -q -p loadgen
 	$(VPY) bench/run.py
 
+bench-smoke: install $(VENV)/.test-deps
+	cargo build --release -q -p loadgen
+	$(VPY) bench/run.py --smoke
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

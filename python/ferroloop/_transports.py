@@ -19,12 +19,14 @@ from ferroloop._core import StreamTransport
 
 
 def _set_nodelay(sock) -> None:
-    if (
-        sock.family in (socket.AF_INET, socket.AF_INET6)
-        and sock.type == socket.SOCK_STREAM
-        and sock.proto == socket.IPPROTO_TCP
-    ):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Every TCP stream, whatever proto the socket was made with (asyncio skips sockets
+    # made with proto 0, which leaves servers that write headers and body separately
+    # waiting for delayed ACKs).
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def _set_result_unless_cancelled(fut, result) -> None:
