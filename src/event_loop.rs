@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemE
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple, PyWeakrefReference};
 
 use crate::gil::{py_attr, GilCell};
 use crate::handles::{Handle, TimerHandle};
@@ -119,9 +119,10 @@ pub(crate) struct LoopState {
     timer_cancelled: usize,
     /// fd -> its reader and writer; every key is registered with the poller.
     fds: HashMap<RawFd, FdWatch>,
-    /// fd -> the transport that owns it, until its connection is lost; `add_reader`
-    /// and friends refuse these fds, as asyncio does.
-    transports: HashMap<RawFd, Py<StreamTransport>>,
+    /// fd -> a weak reference to the transport that owns it, until its connection is
+    /// lost; `add_reader` and friends refuse these fds, as asyncio does. Weak, as
+    /// asyncio's: an unreferenced transport that is not reading must be collectable.
+    transports: HashMap<RawFd, Py<PyWeakrefReference>>,
     stopping: bool,
     closed: bool,
     /// The thread running the loop (pthread_self, as `threading.get_ident()`).
@@ -252,6 +253,24 @@ impl LoopCore {
             }
         }
         Ok(())
+    }
+
+    /// The checks before scheduling on the loop's thread: the loop is open and, in debug
+    /// mode, the caller is the loop's thread and the callback a plain callable.
+    /// Returns whether debug mode is on.
+    fn check_schedule(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+        let debug = {
+            let st = self.state.borrow(py);
+            if st.closed {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            }
+            st.debug
+        };
+        if debug {
+            self.check_thread(py)?;
+            Self::check_callback(callback, method)?;
+        }
+        Ok(debug)
     }
 
     /// Debug mode: coroutines and non-callables are refused.
@@ -612,28 +631,32 @@ impl LoopCore {
     /// for `add_reader` and friends.
     fn ensure_fd_no_transport(&self, py: Python<'_>, fd_obj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
         let t = self.state.borrow(py).transports.get(&fd).map(|t| t.clone_ref(py));
-        if let Some(t) = t {
+        if let Some(t) = t.and_then(|w| w.bind(py).upgrade_as::<StreamTransport>().ok().flatten()) {
             if !t.get().is_closing(py) {
                 return Err(PyRuntimeError::new_err(format!(
                     "File descriptor {} is used by transport {}",
                     fd_obj.repr()?,
-                    StreamTransport::facade(t.bind(py)).repr()?
+                    StreamTransport::facade(&t).repr()?
                 )));
             }
         }
         Ok(())
     }
 
-    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: Py<StreamTransport>) {
-        let old = self.state.borrow_mut(py).transports.insert(fd, t);
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, StreamTransport>) -> PyResult<()> {
+        let weak = PyWeakrefReference::new(t)?.unbind();
+        let old = self.state.borrow_mut(py).transports.insert(fd, weak);
         drop(old);
+        Ok(())
     }
 
     pub(crate) fn unregister_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, StreamTransport>) {
         let old = {
             let mut st = self.state.borrow_mut(py);
-            match st.transports.get(&fd) {
+            let current = st.transports.get(&fd).and_then(|w| w.bind(py).upgrade());
+            match current {
                 Some(cur) if cur.is(t) => st.transports.remove(&fd),
+                None => st.transports.remove(&fd),
                 _ => None,
             }
         };
@@ -868,17 +891,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
-        let debug = {
-            let st = this.state.borrow(py);
-            if st.closed {
-                return Err(PyRuntimeError::new_err("Event loop is closed"));
-            }
-            st.debug
-        };
-        if debug {
-            this.check_thread(py)?;
-            Self::check_callback(callback, "call_soon")?;
-        }
+        let debug = this.check_schedule(py, callback, "call_soon")?;
         let handle = Self::new_handle(slf, callback, args, context, debug)?;
         this.push_ready(py, handle.clone_ref(py), false);
         Ok(handle)
@@ -1371,17 +1384,7 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
-        let debug = {
-            let st = this.state.borrow(py);
-            if st.closed {
-                return Err(PyRuntimeError::new_err("Event loop is closed"));
-            }
-            st.debug
-        };
-        if debug {
-            this.check_thread(py)?;
-            Self::check_callback(callback, method)?;
-        }
+        let debug = this.check_schedule(py, callback, method)?;
         let base = Handle::new_state(
             callback.clone().unbind(),
             args.clone().unbind(),

@@ -48,6 +48,13 @@ def pytest_configure(config):
             _hang_guard_file = None
 
 
+def pytest_unconfigure(config):
+    global _hang_guard_file
+    if _hang_guard_file is not None:
+        _hang_guard_file.close()
+        _hang_guard_file = None
+
+
 def import_ferroloop():
     """Import ferroloop or fail the test with a clear message."""
     try:

@@ -9,6 +9,7 @@ non-blocking socket that the test drives with ``loop.sock_recv()`` /
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import socket
 
@@ -21,6 +22,14 @@ DEFAULT_LIMITS = (16 * 1024, 64 * 1024)
 
 # A payload much larger than a small socket buffer holds.
 MIB = 1024 * 1024
+
+
+def fds() -> int:
+    """The number of open fds, once garbage left by earlier tests is collected."""
+    from net_helpers import fd_count
+
+    gc.collect()
+    return fd_count()
 
 
 def pattern(n: int, seed: int = 0) -> bytes:

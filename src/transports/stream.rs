@@ -595,7 +595,14 @@ impl StreamTransport {
         };
         let mut view = match BufferView::get(&buf, true) {
             Ok(v) => v,
-            Err(e) => return Self::fatal_error(slf, e, "Fatal read error on socket transport"),
+            Err(_) => {
+                // What socket.recv_into() raises for a buffer it cannot write to.
+                let e = PyTypeError::new_err(format!(
+                    "recv_into() argument 1 must be read-write bytes-like object, not {}",
+                    buf.get_type().name()?
+                ));
+                return Self::fatal_error(slf, e, "Fatal read error on socket transport");
+            }
         };
         let n = match recv(this.fd, view.ptr_mut(), view.len()) {
             Ok(n) => n,
@@ -848,10 +855,11 @@ impl StreamTransport {
     }
 
     /// Registers the transport as the owner of its fd. Called once, after construction.
-    fn _register(slf: &Bound<'_, Self>) {
+    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        if let Some(l) = slf.get().loop_of(py) {
-            l.get().register_transport(py, slf.get().fd, slf.clone().unbind());
+        match slf.get().loop_of(py) {
+            Some(l) => l.get().register_transport(py, slf.get().fd, slf),
+            None => Ok(()),
         }
     }
 
@@ -880,17 +888,20 @@ impl StreamTransport {
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        // asyncio's writelines() is write(b"".join(list_of_data)): any iterable of objects
+        // with the buffer protocol, and join's errors.
+        let items = list_of_data
+            .try_iter()
+            .map_err(|_| PyTypeError::new_err("can only join an iterable"))?;
         let mut views = Vec::new();
         let mut objs = Vec::new();
-        for (i, item) in list_of_data.try_iter()?.enumerate() {
+        for (i, item) in items.enumerate() {
             let item = item?;
-            if !is_bytes_like(&item) {
-                return Err(PyTypeError::new_err(format!(
-                    "sequence item {i}: expected a bytes-like object, {} found",
-                    item.get_type().name()?
-                )));
-            }
-            views.push(BufferView::get(&item, false)?);
+            let view = BufferView::get(&item, false).map_err(|_| {
+                let name = item.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                PyTypeError::new_err(format!("sequence item {i}: expected a bytes-like object, {name} found"))
+            })?;
+            views.push(view);
             objs.push(item);
         }
         Self::write_buffers(slf, &views, &objs)
