@@ -1122,6 +1122,9 @@ class NetworkMixin:
                     raise  # the loop logs it as an error of this callback
             else:
                 extra = {"peername": addr}
+                if sslcontext is None:
+                    self._accept_plain_connection(protocol_factory, conn, extra, server)
+                    continue
                 accept = self._accept_connection2(
                     protocol_factory,
                     conn,
@@ -1132,6 +1135,29 @@ class NetworkMixin:
                     ssl_shutdown_timeout,
                 )
                 self.create_task(accept)
+
+    def _accept_plain_connection(self, protocol_factory, conn, extra, server) -> None:
+        # asyncio sets up each accepted connection in a task of its own, whose only
+        # await is for connection_made() to have run. Without TLS nothing can fail
+        # there, so the transport is made here at once (as uvloop does): the protocol
+        # factory runs in this callback, connection_made() in the next iteration, as
+        # with asyncio, without the cost of a task and a future per connection.
+        protocol = None
+        try:
+            protocol = protocol_factory()
+            self._make_stream_transport(conn, protocol, None, extra, server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            conn.close()
+            if self.get_debug():
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                self.call_exception_handler(context)
 
     async def _accept_connection2(
         self,
