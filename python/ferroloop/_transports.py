@@ -11,22 +11,10 @@ the Rust object directly, and runs no Python code.
 from __future__ import annotations
 
 import asyncio
-import socket
 import warnings
 from asyncio import trsock
 
 from ferroloop._core import StreamTransport
-
-
-def _set_nodelay(sock) -> None:
-    # Every TCP stream, whatever proto the socket was made with (asyncio skips sockets
-    # made with proto 0, which leaves servers that write headers and body separately
-    # waiting for delayed ACKs).
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def _set_result_unless_cancelled(fut, result) -> None:
@@ -62,7 +50,8 @@ class SocketTransport(asyncio.Transport):
             except OSError:
                 extra["peername"] = None
         super().__init__(extra)
-        _set_nodelay(sock)
+        # The Rust transport sets TCP_NODELAY on TCP sockets (every one, whatever proto
+        # the socket was made with; asyncio skips those made with proto 0).
         core = StreamTransport(loop, sock, protocol, self, server)
         self._core = core
         self.write = core.write

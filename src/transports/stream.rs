@@ -821,6 +821,15 @@ impl StreamTransport {
             return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
         }
         let server = server.filter(|s| !s.is_none());
+        // TCP_NODELAY on every TCP stream; a Unix socket answers EOPNOTSUPP, ignored.
+        let one: libc::c_int = 1;
+        let _ = syscall!(setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ));
         let t = StreamTransport {
             fd,
             state: GilCell::new(TransportState {
