@@ -198,7 +198,7 @@ fn call_in_context(py: Python<'_>, callback: &Py<PyAny>, args: &Py<PyTuple>, con
         }
         let tuple = args.as_ptr() as *mut ffi::PyTupleObject;
         let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr());
-        let argv = (*tuple).ob_item.as_ptr() as *const *mut ffi::PyObject;
+        let argv = (*tuple).ob_item.as_ptr();
         let res = ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs as usize, ptr::null_mut());
         let result = if res.is_null() {
             Err(PyErr::fetch(py))

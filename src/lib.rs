@@ -1,5 +1,7 @@
 //! ferroloop's native core: `ferroloop._core`. This file only wires the modules.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 #[macro_use]
 pub mod reactor;
 
