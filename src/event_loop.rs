@@ -1356,8 +1356,7 @@ impl LoopCore {
     }
 
     fn __clear__(&self) {
-        let taken = Python::attach(|py| {
-            let mut st = self.state.borrow_mut(py);
+        let taken = self.state.try_borrow_mut().map(|mut st| {
             (
                 std::mem::take(&mut st.ready),
                 st.timers.drain(),

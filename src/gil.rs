@@ -37,6 +37,12 @@ impl<T> GilCell<T> {
     pub(crate) fn try_borrow(&self) -> Option<Ref<'_, T>> {
         self.0.try_borrow().ok()
     }
+
+    /// For `__clear__`, which must not fail: `None` while a borrow is active (the
+    /// collector then simply cannot break the cycle through this object this time).
+    pub(crate) fn try_borrow_mut(&self) -> Option<RefMut<'_, T>> {
+        self.0.try_borrow_mut().ok()
+    }
 }
 
 /// An attribute of a module, imported once and then cached for the process.

@@ -289,8 +289,7 @@ impl Handle {
     }
 
     fn __clear__(&self) {
-        let taken = Python::attach(|py| {
-            let mut st = self.state.borrow_mut(py);
+        let taken = self.state.try_borrow_mut().map(|mut st| {
             (
                 st.callback.take(),
                 st.args.take(),

@@ -1108,8 +1108,7 @@ impl StreamTransport {
     }
 
     fn __clear__(&self) {
-        let taken = Python::attach(|py| {
-            let mut st = self.state.borrow_mut(py);
+        let taken = self.state.try_borrow_mut().map(|mut st| {
             (
                 st.loop_.take(),
                 st.protocol.take(),
