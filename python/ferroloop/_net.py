@@ -317,22 +317,8 @@ class NetworkMixin:
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
-        self._sock_add_reader(fut, sock.fileno(), self._sock_recv, fut, sock, n)
+        self._sock_add_reader(fut, sock.fileno(), self._sock_read_ready, fut, sock.recv, n)
         return await fut
-
-    def _sock_recv(self, fut, sock, n) -> None:
-        if fut.done():
-            return
-        try:
-            data = sock.recv(n)
-        except (BlockingIOError, InterruptedError):
-            return  # try again next time
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(data)
 
     async def sock_recv_into(self, sock, buf):
         """Receive data from ``sock`` into the writable buffer ``buf``; return the count."""
@@ -342,14 +328,15 @@ class NetworkMixin:
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
-        self._sock_add_reader(fut, sock.fileno(), self._sock_recv_into, fut, sock, buf)
+        self._sock_add_reader(fut, sock.fileno(), self._sock_read_ready, fut, sock.recv_into, buf)
         return await fut
 
-    def _sock_recv_into(self, fut, sock, buf) -> None:
+    def _sock_read_ready(self, fut, read, arg) -> None:
+        """The socket is readable: complete ``fut`` with ``read(arg)`` (recv or recv_into)."""
         if fut.done():
             return
         try:
-            nbytes = sock.recv_into(buf)
+            result = read(arg)
         except (BlockingIOError, InterruptedError):
             return  # try again next time
         except (SystemExit, KeyboardInterrupt):
@@ -357,7 +344,7 @@ class NetworkMixin:
         except BaseException as exc:
             fut.set_exception(exc)
         else:
-            fut.set_result(nbytes)
+            fut.set_result(result)
 
     async def sock_sendall(self, sock, data):
         """Send all of ``data`` on the connected socket ``sock``."""
