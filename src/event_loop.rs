@@ -76,7 +76,7 @@ pub(crate) enum Ready {
 impl Ready {
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Ready::Handle(h) => visit.call(h),
+            Ready::Handle(h) => Handle::visit_owned(h, visit),
             Ready::Read(t) | Ready::Write(t) => visit.call(t),
         }
     }
@@ -339,6 +339,7 @@ impl LoopCore {
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
+        Handle::untrack(&handle);
         self.state.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         if wake && self.polling.load(Ordering::SeqCst) {
             if let Some(io) = self.io.borrow(py).as_ref() {
@@ -413,6 +414,7 @@ impl LoopCore {
         };
         for h in &garbage {
             h.get().state.borrow_mut(py).scheduled = false;
+            Handle::release(h);
         }
         garbage.clear();
 
@@ -492,6 +494,7 @@ impl LoopCore {
             };
             match entry {
                 Ready::Handle(handle) => {
+                    Handle::release(&handle);
                     let handle = handle.into_bound(py);
                     if handle.get().is_cancelled(py) {
                         continue;
@@ -864,6 +867,7 @@ impl LoopCore {
                 st.default_executor.take(),
             )
         };
+        release_all(&ready, &timers);
         let io = this.io.borrow_mut(py).take();
         // Dropping closes the epoll fd and the eventfd.
         drop(io);
@@ -1337,7 +1341,7 @@ impl LoopCore {
                 r.visit(&visit)?;
             }
             for h in st.timers.iter() {
-                visit.call(h)?;
+                Handle::visit_owned(h, &visit)?;
             }
             for w in st.fds.values() {
                 for watcher in [&w.reader, &w.writer].into_iter().flatten() {
@@ -1368,6 +1372,9 @@ impl LoopCore {
                 st.default_executor.take(),
             )
         });
+        if let Some(t) = &taken {
+            release_all(&t.0, &t.1);
+        }
         drop(taken);
     }
 }
@@ -1395,8 +1402,22 @@ impl LoopCore {
         base.state.borrow_mut(py).scheduled = true;
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when }))?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
+        Handle::untrack(&as_handle);
         this.state.borrow_mut(py).timers.push(when, as_handle);
         Ok(timer.unbind())
+    }
+}
+
+/// Gives the handles of a ready queue and timer heap being dropped back to the
+/// collector (see [`Handle::untrack`]).
+fn release_all(ready: &VecDeque<Ready>, timers: &[Py<Handle>]) {
+    for r in ready {
+        if let Ready::Handle(h) = r {
+            Handle::release(h);
+        }
+    }
+    for h in timers {
+        Handle::release(h);
     }
 }
 

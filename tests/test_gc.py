@@ -114,6 +114,88 @@ def test_cycle_between_a_handle_and_its_callback_is_collected(loop):
     assert ref() is None
 
 
+def test_cycle_through_a_handle_kept_after_it_ran_is_collected(loop):
+    """owner -> handle -> bound method -> owner, with the handle run first."""
+
+    def build():
+        owner = Owner()
+        owner.soon = loop.call_soon(owner.callback, owner)
+        owner.timer = loop.call_later(0, owner.callback)
+        return weakref.ref(owner)
+
+    ref = build()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    collect()
+    assert ref() is None
+
+
+def test_cycle_through_a_cancelled_timer_dropped_by_the_loop_is_collected(loop):
+    """The loop drops cancelled timers as it goes; one the owner keeps stays collectable."""
+
+    def build():
+        owner = Owner()
+        owner.timers = [loop.call_later(3600 + i, owner.callback, owner) for i in range(300)]
+        for t in owner.timers:
+            t.cancel()
+        return weakref.ref(owner)
+
+    ref = build()
+    run_one_batch(loop)
+    collect()
+    assert ref() is None
+
+
+def test_cycle_through_the_context_of_a_failed_callback_is_collected(loop):
+    """The exception handler keeps the context, which holds the handle."""
+    seen = []
+
+    def build():
+        owner = Owner()
+
+        def fail():
+            raise ZeroDivisionError(owner)
+
+        owner.fail = fail
+        loop.set_exception_handler(lambda lp, context: seen.append(context))
+        loop.call_soon(fail)
+        return weakref.ref(owner)
+
+    ref = build()
+    run_one_batch(loop)
+    assert len(seen) == 1 and isinstance(seen[0]["exception"], ZeroDivisionError)
+    loop.set_exception_handler(None)
+    seen.clear()
+    collect()
+    assert ref() is None
+
+
+def test_reused_handles_start_clean(loop):
+    """Handles freed and made again carry nothing over: no weak references, no state."""
+    refs = []
+    for i in range(3000):
+        h = loop.call_soon(noop, i)
+        refs.append(weakref.ref(h))
+        if i % 2:
+            h.cancel()
+        del h
+        t = loop.call_later(3600, noop)
+        refs.append(weakref.ref(t))
+        t.cancel()
+        del t
+    run_one_batch(loop)
+    collect()
+    assert all(r() is None for r in refs)
+    for i in range(300):
+        h = loop.call_soon(noop, i)
+        t = loop.call_at(1e9, noop, i)
+        assert not h.cancelled() and not t.cancelled()
+        assert weakref.ref(h)() is h and weakref.ref(t)() is t
+        assert repr(h).startswith("<Handle noop(") and f"({i})" in repr(h)
+        assert t.when() == 1e9
+        t.cancel()
+    run_one_batch(loop)
+
+
 def test_callbacks_are_released_after_they_ran(loop):
     owner = Owner()
     ref = weakref.ref(owner)
