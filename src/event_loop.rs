@@ -666,6 +666,22 @@ impl LoopCore {
         drop(old);
     }
 
+    /// `call_soon(callback, *args, context=None)`, called from the C entry point in
+    /// `fastcall.rs` with the arguments already unpacked.
+    pub(crate) fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        let debug = this.check_schedule(py, callback, "call_soon")?;
+        let handle = Self::new_handle(slf, callback, args, context, debug)?;
+        this.push_ready(py, handle.clone_ref(py), false);
+        Ok(handle)
+    }
+
     /// `call_soon` for the loop's own callbacks: no checks, no debug traceback.
     pub(crate) fn call_soon_internal(
         slf: &Bound<'_, Self>,
@@ -884,21 +900,6 @@ impl LoopCore {
 
     fn time(&self) -> f64 {
         clock::monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        let debug = this.check_schedule(py, callback, "call_soon")?;
-        let handle = Self::new_handle(slf, callback, args, context, debug)?;
-        this.push_ready(py, handle.clone_ref(py), false);
-        Ok(handle)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -1423,5 +1424,6 @@ fn release_all(ready: &VecDeque<Ready>, timers: &[Py<Handle>]) {
 
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoopCore>()?;
+    crate::fastcall::install(&m.py().get_type::<LoopCore>())?;
     Ok(())
 }

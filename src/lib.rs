@@ -6,6 +6,7 @@
 pub mod reactor;
 
 mod event_loop;
+mod fastcall;
 mod gil;
 mod handles;
 mod transports;

@@ -459,3 +459,34 @@ def test_misuse_from_another_thread_is_not_checked_outside_debug_mode(loop):
     loop.call_soon(start)
     loop.run_forever()
     assert results == ["Handle"]
+
+
+# ------------------------------------------------------ call_soon arguments
+
+
+def test_call_soon_argument_errors(loop):
+    with pytest.raises(TypeError, match=r"call_soon\(\) missing 1 required positional argument: 'callback'"):
+        loop.call_soon()
+    with pytest.raises(TypeError, match=r"call_soon\(\) got an unexpected keyword argument 'ctx'"):
+        loop.call_soon(print, ctx=None)
+    with pytest.raises(TypeError, match=r"call_soon\(\) got multiple values for argument 'callback'"):
+        loop.call_soon(print, callback=print)
+    seen = []
+    loop.call_soon(callback=lambda: seen.append(1))  # asyncio's callback is not positional-only
+    loop.call_soon(callback=lambda: seen.append(2), context=None)
+    run_one_batch(loop)
+    assert seen == [1, 2]
+
+
+def test_call_soon_passes_positional_arguments_and_context(loop):
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+    seen = []
+    loop.call_soon(lambda *a: seen.append((a, var.get())), 1, "two", None, context=ctx)
+    loop.call_soon(lambda *a: seen.append((a, var.get())), *range(20))
+    loop.call_soon(lambda: seen.append(((), var.get())), context=None)
+    run_one_batch(loop)
+    assert seen == [((1, "two", None), "inner"), (tuple(range(20)), "outer"), ((), "outer")]
