@@ -1073,9 +1073,18 @@ class NetworkMixin:
         # Called once per loop iteration in which the listening socket is
         # readable; several connections may be waiting, so accept up to
         # `backlog` of them (bpo-27906).
+        # socket.accept() converts the listening socket's family and type to enums for
+        # every connection it makes; for a plain socket, do that once per batch.
+        fast = type(sock) is socket.socket
+        if fast:
+            family, kind, proto = sock.family, sock.type, sock.proto
         for _ in range(backlog):
             try:
-                conn, addr = sock.accept()
+                if fast:
+                    fd, addr = sock._accept()
+                    conn = socket.socket(family, kind, proto, fileno=fd)
+                else:
+                    conn, addr = sock.accept()
                 if self.get_debug():
                     logger.debug("%r got a new connection from %r: %r", server, addr, conn)
                 conn.setblocking(False)

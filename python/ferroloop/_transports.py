@@ -5,7 +5,8 @@
 ``StreamTransport`` it wraps: the hot methods (write, writelines, is_closing,
 get_write_buffer_size, pause_reading, resume_reading, is_reading) are slots that hold
 the Rust object's bound methods, so calling them costs one slot load more than calling
-the Rust object directly, and runs no Python code.
+the Rust object directly, and runs no Python code. Each slot is filled on its first
+lookup, so a short connection only makes the bound methods it uses.
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ from ferroloop._core import StreamTransport
 def _set_result_unless_cancelled(fut, result) -> None:
     if not fut.cancelled():
         fut.set_result(result)
+
+
+# The methods held in slots: looked up on every call by protocols, so one slot load.
+_CORE_METHODS = frozenset(
+    (
+        "write",
+        "writelines",
+        "is_closing",
+        "get_write_buffer_size",
+        "pause_reading",
+        "resume_reading",
+        "is_reading",
+    )
+)
 
 
 class SocketTransport(asyncio.Transport):
@@ -38,7 +53,8 @@ class SocketTransport(asyncio.Transport):
     )
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        extra = dict(extra) if extra else {}
+        if extra is None:
+            extra = {}  # as asyncio, a dict passed in is filled in place
         extra["socket"] = trsock.TransportSocket(sock)
         try:
             extra["sockname"] = sock.getsockname()
@@ -54,19 +70,21 @@ class SocketTransport(asyncio.Transport):
         # the socket was made with; asyncio skips those made with proto 0).
         core = StreamTransport(loop, sock, protocol, self, server)
         self._core = core
-        self.write = core.write
-        self.writelines = core.writelines
-        self.is_closing = core.is_closing
-        self.get_write_buffer_size = core.get_write_buffer_size
-        self.pause_reading = core.pause_reading
-        self.resume_reading = core.resume_reading
-        self.is_reading = core.is_reading
         core._register()
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only once connection_made() has run.
         loop.call_soon(core._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def __getattr__(self, name):
+        # A hot method's slot is filled with the Rust bound method the first time it is
+        # looked up; a connection that never calls it never makes it.
+        if name in _CORE_METHODS:
+            method = getattr(self._core, name)
+            object.__setattr__(self, name, method)
+            return method
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return "<{} {}>".format(self.__class__.__name__, " ".join(self._core._repr_info()))
