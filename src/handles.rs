@@ -31,6 +31,27 @@ pub(crate) struct HandleState {
     pub(crate) is_timer: bool,
 }
 
+impl HandleState {
+    /// The Python objects the handle holds: what the collector visits.
+    fn objects(&self) -> [Option<&Py<PyAny>>; 6] {
+        [
+            self.callback.as_ref(),
+            self.args.as_ref().map(Py::as_any),
+            self.context.as_ref(),
+            self.loop_.as_ref().map(Py::as_any),
+            self.source_traceback.as_ref(),
+            self.repr.as_ref(),
+        ]
+    }
+
+    fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for obj in self.objects() {
+            visit.call(obj)?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for HandleState {
     fn drop(&mut self) {
         // A handle's state is only dropped with the interpreter attached: in the
@@ -103,21 +124,22 @@ impl Handle {
     /// someone else still holds it. One that only the loop held is about to be freed.
     #[inline]
     pub(crate) fn release(h: &Py<Handle>) {
-        let p = h.as_ptr();
-        // SAFETY: `p` is live (we hold a reference) and the GIL is held. Tracking is only
-        // done when the object is not tracked, as PyObject_GC_Track requires.
-        unsafe {
-            if ffi::Py_REFCNT(p) > 1 && ffi::PyObject_GC_IsTracked(p) == 0 {
-                ffi::PyObject_GC_Track(p.cast());
-            }
+        // SAFETY: `h` is live (we hold a reference) and the GIL is held.
+        if unsafe { ffi::Py_REFCNT(h.as_ptr()) } > 1 {
+            Self::track(h.as_ptr());
         }
     }
 
     /// Tracks a handle that is about to be given to code that may keep it.
     #[inline]
     pub(crate) fn ensure_tracked(h: &Bound<'_, Handle>) {
-        let p = h.as_ptr();
-        // SAFETY: as in `release`.
+        Self::track(h.as_ptr());
+    }
+
+    #[inline]
+    fn track(p: *mut ffi::PyObject) {
+        // SAFETY: callers pass a live handle and hold the GIL. Tracking is only done when
+        // the object is not tracked, as PyObject_GC_Track requires.
         unsafe {
             if ffi::PyObject_GC_IsTracked(p) == 0 {
                 ffi::PyObject_GC_Track(p.cast());
@@ -133,15 +155,10 @@ impl Handle {
         if unsafe { ffi::PyObject_GC_IsTracked(h.as_ptr()) } != 0 {
             return visit.call(h);
         }
-        if let Some(st) = h.get().state.try_borrow() {
-            visit.call(&st.callback)?;
-            visit.call(&st.args)?;
-            visit.call(&st.context)?;
-            visit.call(&st.loop_)?;
-            visit.call(&st.source_traceback)?;
-            visit.call(&st.repr)?;
+        match h.get().state.try_borrow() {
+            Some(st) => st.visit(visit),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     #[inline]
@@ -366,15 +383,10 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(st) = self.state.try_borrow() {
-            visit.call(&st.callback)?;
-            visit.call(&st.args)?;
-            visit.call(&st.context)?;
-            visit.call(&st.loop_)?;
-            visit.call(&st.source_traceback)?;
-            visit.call(&st.repr)?;
+        match self.state.try_borrow() {
+            Some(st) => st.visit(&visit),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn __clear__(&self) {
@@ -453,16 +465,8 @@ unsafe extern "C" fn handle_traverse(
         let obj = pyo3::Borrowed::from_ptr(py, slf);
         let handle: &Handle = obj.cast_unchecked::<Handle>().get();
         if let Some(st) = handle.state.try_borrow() {
-            let fields = [
-                st.callback.as_ref().map(|o| o.as_ptr()),
-                st.args.as_ref().map(|o| o.as_ptr()),
-                st.context.as_ref().map(|o| o.as_ptr()),
-                st.loop_.as_ref().map(|o| o.as_ptr()),
-                st.source_traceback.as_ref().map(|o| o.as_ptr()),
-                st.repr.as_ref().map(|o| o.as_ptr()),
-            ];
-            for field in fields.into_iter().flatten() {
-                let r = visit(field, arg);
+            for field in st.objects().into_iter().flatten() {
+                let r = visit(field.as_ptr(), arg);
                 if r != 0 {
                     return r;
                 }
@@ -481,6 +485,19 @@ struct FreeLists {
     timer_type: *mut ffi::PyTypeObject,
     handles: Vec<*mut ffi::PyObject>,
     timers: Vec<*mut ffi::PyObject>,
+}
+
+impl FreeLists {
+    /// The list for objects of exactly `ty`, if it is one of the handle types.
+    fn list_for(&mut self, ty: *mut ffi::PyTypeObject) -> Option<&mut Vec<*mut ffi::PyObject>> {
+        if ty == self.handle_type {
+            Some(&mut self.handles)
+        } else if ty == self.timer_type {
+            Some(&mut self.timers)
+        } else {
+            None
+        }
+    }
 }
 
 /// How many freed objects each list keeps.
@@ -514,15 +531,7 @@ unsafe extern "C" fn handle_alloc(subtype: *mut ffi::PyTypeObject, nitems: ffi::
     // `handle_free`; its memory (object and GC header) is ours until reused. Zeroing
     // the header leaves it untracked, as PyObject_GC_Track requires.
     unsafe {
-        let lists = &mut *FREE.0.get();
-        let list = if subtype == lists.handle_type {
-            &mut lists.handles
-        } else if subtype == lists.timer_type {
-            &mut lists.timers
-        } else {
-            return ffi::PyType_GenericAlloc(subtype, nitems);
-        };
-        let Some(obj) = list.pop() else {
+        let Some(obj) = (*FREE.0.get()).list_for(subtype).and_then(Vec::pop) else {
             return ffi::PyType_GenericAlloc(subtype, nitems);
         };
         ptr::write_bytes(obj.cast::<u8>(), 0, (*subtype).tp_basicsize as usize);
@@ -542,18 +551,12 @@ unsafe extern "C" fn handle_free(obj: *mut std::os::raw::c_void) {
     // caller after this returns, and `handle_alloc` takes a new one.
     unsafe {
         let op = obj.cast::<ffi::PyObject>();
-        let lists = &mut *FREE.0.get();
-        let ty = ffi::Py_TYPE(op);
-        let list = if ty == lists.handle_type {
-            &mut lists.handles
-        } else if ty == lists.timer_type {
-            &mut lists.timers
-        } else {
+        let Some(list) = (*FREE.0.get())
+            .list_for(ffi::Py_TYPE(op))
+            .filter(|l| l.len() < FREELIST_SIZE)
+        else {
             return ffi::PyObject_GC_Del(obj);
         };
-        if list.len() >= FREELIST_SIZE {
-            return ffi::PyObject_GC_Del(obj);
-        }
         ffi::PyObject_GC_UnTrack(obj);
         list.push(op);
     }
