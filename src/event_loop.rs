@@ -306,14 +306,16 @@ impl LoopCore {
         Ok(Some(tb.unbind()))
     }
 
-    fn current_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    /// The context a new handle runs in: the one given, or a copy of the current one.
+    /// The flag says whether the context is a copy made for the handle alone.
+    fn current_context(py: Python<'_>, context: Option<Bound<'_, PyAny>>) -> PyResult<(Py<PyAny>, bool)> {
         match context {
-            Some(c) if !c.is_none() => Ok(c.unbind()),
+            Some(c) if !c.is_none() => Ok((c.unbind(), false)),
             _ => {
                 // SAFETY: the GIL is held; PyContext_CopyCurrent returns a new reference or NULL.
                 let ctx = unsafe { pyo3::ffi::PyContext_CopyCurrent() };
                 // SAFETY: `ctx` is a new reference (or NULL with an exception set).
-                unsafe { Bound::from_owned_ptr_or_err(py, ctx) }.map(Bound::unbind)
+                unsafe { Bound::from_owned_ptr_or_err(py, ctx) }.map(|c| (c.unbind(), true))
             }
         }
     }

@@ -26,6 +26,9 @@ pub(crate) struct HandleState {
     /// The repr taken at cancel time in debug mode, kept for slow-callback warnings.
     pub(crate) repr: Option<Py<PyAny>>,
     pub(crate) cancelled: bool,
+    /// The context is a copy made for this handle alone (no `context=` was given). Such
+    /// a context is hidden from the collector while the handle is ([`Handle::untrack`]).
+    pub(crate) own_context: bool,
     /// For timers: the handle is in the loop's timer heap.
     pub(crate) scheduled: bool,
     pub(crate) is_timer: bool,
@@ -54,6 +57,10 @@ impl HandleState {
 
 impl Drop for HandleState {
     fn drop(&mut self) {
+        if let Some(ctx) = &self.context {
+            // A context must be tracked again before it can be freed.
+            track(ctx.as_ptr());
+        }
         // A handle's state is only dropped with the interpreter attached: in the
         // handle's tp_dealloc, or when making the handle object failed. Releasing the
         // fields as Bound skips the thread-local check that dropping a Py makes, once
@@ -85,7 +92,7 @@ impl Handle {
     pub(crate) fn new_state(
         callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Py<PyAny>,
+        (context, own_context): (Py<PyAny>, bool),
         loop_: Py<LoopCore>,
         source_traceback: Option<Py<PyAny>>,
         is_timer: bool,
@@ -99,6 +106,7 @@ impl Handle {
                 source_traceback,
                 repr: None,
                 cancelled: false,
+                own_context,
                 scheduled: false,
                 is_timer,
             }),
@@ -113,11 +121,22 @@ impl Handle {
     /// every young one on each generation-0 collection: with `call_soon` in a loop that
     /// was over a third of the run time. A handle that waits in the loop is reachable
     /// from the loop, so it needs no traversal of its own.
+    ///
+    /// The same holds for the copy of the current context that `call_soon` makes for
+    /// each callback: only the handle holds it, so it is hidden too (the loop's traverse
+    /// visits its contents), and tracked again when the handle is, when `get_context()`
+    /// gives it out, and before it is freed (`HandleState::drop`).
     #[inline]
     pub(crate) fn untrack(h: &Py<Handle>) {
         // SAFETY: `h` is a live instance of a GC type and the GIL is held (we hold a
         // `Py`, only touched with the GIL). Untracking an untracked object is a no-op.
         unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr().cast()) }
+        if let Some(st) = h.get().state.try_borrow() {
+            if let (true, Some(ctx)) = (st.own_context, &st.context) {
+                // SAFETY: as above; the context is a live GC object only this handle holds.
+                unsafe { ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) }
+            }
+        }
     }
 
     /// Gives a handle back to the collector when it leaves the loop's queue or heap and
@@ -136,13 +155,15 @@ impl Handle {
         Self::track(h.as_ptr());
     }
 
+    /// Tracks a handle and its context.
     #[inline]
     fn track(p: *mut ffi::PyObject) {
-        // SAFETY: callers pass a live handle and hold the GIL. Tracking is only done when
-        // the object is not tracked, as PyObject_GC_Track requires.
-        unsafe {
-            if ffi::PyObject_GC_IsTracked(p) == 0 {
-                ffi::PyObject_GC_Track(p.cast());
+        track(p);
+        // SAFETY: callers pass a live handle and hold the GIL.
+        let h = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), p).cast_unchecked::<Handle>() };
+        if let Some(st) = h.get().state.try_borrow() {
+            if let Some(ctx) = &st.context {
+                track(ctx.as_ptr());
             }
         }
     }
@@ -156,7 +177,17 @@ impl Handle {
             return visit.call(h);
         }
         match h.get().state.try_borrow() {
-            Some(st) => st.visit(visit),
+            Some(st) => {
+                st.visit(visit)?;
+                let Some(ctx) = &st.context else { return Ok(()) };
+                let mut fwd = Forward { visit, err: None };
+                // SAFETY: the context is live (the handle holds it), `fwd` outlives the
+                // call and the GIL is held (traverse runs with it).
+                let _ = unsafe {
+                    traverse_untracked(ctx.as_ptr(), forward_visit, (&mut fwd as *mut Forward<'_, '_>).cast())
+                };
+                fwd.err.map_or(Ok(()), Err)
+            }
             None => Ok(()),
         }
     }
@@ -341,7 +372,12 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
+        let ctx = self.state.borrow(py).context.as_ref().map(|c| c.clone_ref(py));
+        if let Some(c) = &ctx {
+            // Whoever asks may keep it: the collector must see it again.
+            track(c.as_ptr());
+        }
+        ctx
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -391,6 +427,9 @@ impl Handle {
 
     fn __clear__(&self) {
         let taken = self.state.try_borrow_mut().map(|mut st| {
+            if let Some(ctx) = &st.context {
+                track(ctx.as_ptr());
+            }
             (
                 st.callback.take(),
                 st.args.take(),
@@ -471,9 +510,76 @@ unsafe extern "C" fn handle_traverse(
                     return r;
                 }
             }
+            if let Some(ctx) = &st.context {
+                if let Err(r) = traverse_untracked(ctx.as_ptr(), visit, arg) {
+                    return r;
+                }
+            }
         }
         // Instances of heap types keep their type alive, and must say so.
         visit(ffi::Py_TYPE(slf) as *mut ffi::PyObject, arg)
+    }
+}
+
+/// Tracks a live GC object if it is not tracked, as `PyObject_GC_Track` requires.
+#[inline]
+fn track(p: *mut ffi::PyObject) {
+    // SAFETY: callers pass a live object of a GC type and hold the GIL.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(p) == 0 {
+            ffi::PyObject_GC_Track(p.cast());
+        }
+    }
+}
+
+/// Visits what an untracked context holds, since the collector cannot see it through
+/// the context itself; a tracked one is visited as any other field is.
+///
+/// # Safety
+/// `ctx` is a live object, `visit` and `arg` a pair the collector (or
+/// [`forward_visit`]) accepts, and the GIL is held.
+unsafe fn traverse_untracked(
+    ctx: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut std::os::raw::c_void,
+) -> Result<(), std::os::raw::c_int> {
+    // SAFETY: per the contract; tp_traverse only calls `visit` on the object's fields.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(ctx) != 0 {
+            return Ok(());
+        }
+        match (*ffi::Py_TYPE(ctx)).tp_traverse {
+            Some(traverse) => match traverse(ctx, visit, arg) {
+                0 => Ok(()),
+                r => Err(r),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+/// A `PyVisit` seen through a C `visitproc` ([`forward_visit`]), and the first error.
+struct Forward<'a, 'b> {
+    visit: &'a PyVisit<'b>,
+    err: Option<PyTraverseError>,
+}
+
+/// A `visitproc` that hands each object to the `PyVisit` of the `Forward` that `arg`
+/// points to, and stops at the first error.
+unsafe extern "C" fn forward_visit(obj: *mut ffi::PyObject, arg: *mut std::os::raw::c_void) -> std::os::raw::c_int {
+    // SAFETY: `arg` is the `Forward` made by `Handle::visit_owned`, alive and not
+    // otherwise borrowed for this traverse; `obj` is a live object the context holds; the
+    // GIL is held. The object is borrowed for the call, so no reference count changes.
+    unsafe {
+        let fwd = &mut *arg.cast::<Forward<'_, '_>>();
+        let obj = pyo3::Borrowed::from_ptr(Python::assume_attached(), obj);
+        match fwd.visit.call(obj.as_unbound()) {
+            Ok(()) => 0,
+            Err(e) => {
+                fwd.err = Some(e);
+                1
+            }
+        }
     }
 }
 

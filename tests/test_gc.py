@@ -82,6 +82,70 @@ def test_cycle_through_an_unclosed_loop_is_collected(untracked_loop_factory, was
         sock_b.close()
 
 
+@pytest.mark.parametrize("kind", ["call_soon", "call_later"])
+def test_cycle_through_the_copied_context_of_a_pending_callback_is_collected(
+    untracked_loop_factory, kind
+):
+    """owner -> loop -> pending handle -> the context copied for it -> owner.
+
+    The context is the copy scheduling makes of the caller's context (no context=),
+    which holds the owner in a context variable.
+    """
+
+    def schedule(loop, owner):
+        owner_var.set(owner)
+        if kind == "call_soon":
+            loop.call_soon(owner.callback)
+        else:
+            loop.call_later(3600, owner.callback)
+
+    def build():
+        loop = untracked_loop_factory()
+        owner = Owner()
+        owner.loop = loop
+        contextvars.Context().run(schedule, loop, owner)
+        return weakref.ref(owner)
+
+    with warnings.catch_warnings():
+        # asyncio warns about a loop that is garbage collected unclosed.
+        warnings.simplefilter("ignore", ResourceWarning)
+        ref = build()
+        collect()
+    assert ref() is None, "the cycle through the copied context was not collected"
+
+
+def test_cycle_through_the_copied_context_of_a_kept_handle_is_collected(loop):
+    """owner -> handle (kept after it ran) -> its copied context -> owner."""
+
+    def schedule(owner):
+        owner_var.set(owner)
+        owner.handle = loop.call_soon(owner.callback)
+
+    def build():
+        owner = Owner()
+        contextvars.Context().run(schedule, owner)
+        return weakref.ref(owner)
+
+    ref = build()
+    run_one_batch(loop)
+    collect()
+    assert ref() is None
+
+
+def test_context_given_out_by_a_queued_handle_is_tracked(loop):
+    """The context of a handle is visible to the collector once someone else has it."""
+    handle = loop.call_soon(print)
+    if not hasattr(handle, "get_context"):
+        pytest.skip("Handle.get_context() is new in Python 3.12: asyncio 3.11 has no oracle")
+    ctx = handle.get_context()
+    assert gc.is_tracked(ctx)
+    handle.cancel()
+    run_one_batch(loop)
+    del handle
+    assert gc.is_tracked(ctx)
+    assert ctx.run(lambda: 42) == 42
+
+
 def test_cycle_through_a_closed_loop_is_collected(untracked_loop_factory):
     def build():
         loop = untracked_loop_factory()
