@@ -606,8 +606,11 @@ impl FreeLists {
     }
 }
 
-/// How many freed objects each list keeps.
-const FREELIST_SIZE: usize = 1024;
+/// How many freed objects each list keeps: at most about 1.7 MB of handles. A list
+/// only grows to the number of handles that were alive at once and then freed, so a
+/// loop that queues a burst of callbacks (thousands of `call_soon`s before the loop
+/// runs them, or a timer per connection) makes them again without the allocator.
+const FREELIST_SIZE: usize = 16384;
 
 struct GilStatic(std::cell::UnsafeCell<FreeLists>);
 
