@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -295,3 +296,41 @@ def test_no_coroutine_origin_tracking_outside_debug_mode(loop):
     loop.call_soon(lambda: seen.append(sys.get_coroutine_origin_tracking_depth()))
     run_one_batch(loop)
     assert seen == [before]
+
+
+# ------------------------------------------------------ name resolution
+
+
+def _address_info_messages(caplog):
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and "address info" in r.getMessage()
+    ]
+
+
+def test_getaddrinfo_is_logged_in_debug_mode(loop, caplog):
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    loop.set_debug(True)
+    infos = loop.run_until_complete(
+        loop.getaddrinfo("localhost", 80, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    )
+    assert infos
+    messages = _address_info_messages(caplog)
+    assert len(messages) == 2, messages
+    assert messages[0] == (
+        "Get address info localhost:80, family=<AddressFamily.AF_INET: 2>, "
+        "type=<SocketKind.SOCK_STREAM: 1>"
+    )
+    assert re.fullmatch(
+        r"Getting address info localhost:80, family=<AddressFamily.AF_INET: 2>, "
+        r"type=<SocketKind.SOCK_STREAM: 1> took \d+\.\d{3}ms: .*",
+        messages[1],
+    ), messages[1]
+    assert messages[1].endswith(repr(infos))
+
+
+def test_getaddrinfo_is_not_logged_outside_debug_mode(loop, caplog):
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    loop.run_until_complete(loop.getaddrinfo("localhost", 80))
+    assert _address_info_messages(caplog) == []

@@ -9,6 +9,7 @@ through the executor, and the unclosed-loop warning.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import sys
 import threading
@@ -18,6 +19,8 @@ import weakref
 from ferroloop._core import LoopCore
 from ferroloop._net import NetworkMixin
 from ferroloop._transports import SocketTransport
+
+logger = logging.getLogger("asyncio")
 
 
 class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
@@ -124,9 +127,35 @@ class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
     # ---- name resolution (through the default executor) ----
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        getaddr_func = self._getaddrinfo_debug if self.get_debug() else socket.getaddrinfo
         return await self.run_in_executor(
-            None, socket.getaddrinfo, host, port, family, type, proto, flags
+            None, getaddr_func, host, port, family, type, proto, flags
         )
+
+    def _getaddrinfo_debug(self, host, port, family, type, proto, flags):
+        """socket.getaddrinfo() with asyncio's debug-mode log lines (in the executor)."""
+        msg = [f"{host}:{port!r}"]
+        if family:
+            msg.append(f"family={family!r}")
+        if type:
+            msg.append(f"type={type!r}")
+        if proto:
+            msg.append(f"proto={proto!r}")
+        if flags:
+            msg.append(f"flags={flags!r}")
+        msg = ", ".join(msg)
+        logger.debug("Get address info %s", msg)
+
+        t0 = self.time()
+        addrinfo = socket.getaddrinfo(host, port, family, type, proto, flags)
+        dt = self.time() - t0
+
+        msg = f"Getting address info {msg} took {dt * 1e3:.3f}ms: {addrinfo!r}"
+        if dt >= self.slow_callback_duration:
+            logger.info(msg)
+        else:
+            logger.debug(msg)
+        return addrinfo
 
     async def getnameinfo(self, sockaddr, flags=0):
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
