@@ -22,6 +22,7 @@ use crate::gil::{py_attr, GilCell};
 use crate::handles::{Handle, TimerHandle};
 use crate::reactor::clock;
 use crate::reactor::poller::{Events, Interest, Poller};
+use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
 use crate::transports::stream::StreamTransport;
@@ -148,7 +149,7 @@ pub struct LoopCore {
     events: GilCell<Events>,
     /// Transports receive into this buffer, shared by all of them, then copy out
     /// exactly what arrived.
-    pub(crate) read_buf: GilCell<Box<[u8]>>,
+    pub(crate) read_buf: GilCell<ReadBuffer>,
     /// True while the loop thread may be blocked in poll with the GIL released:
     /// `call_soon_threadsafe` must then wake it.
     polling: AtomicBool,
@@ -773,7 +774,7 @@ impl LoopCore {
             }),
             io: GilCell::new(Some(Io { poller, waker })),
             events: GilCell::new(Events::with_capacity(256)),
-            read_buf: GilCell::new(vec![0u8; crate::transports::stream::MAX_READ].into_boxed_slice()),
+            read_buf: GilCell::new(ReadBuffer::new(crate::transports::stream::MAX_READ)),
             polling: AtomicBool::new(false),
         })
     }

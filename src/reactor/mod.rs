@@ -1,11 +1,12 @@
 //! The reactor: the parts of the event loop that know nothing of Python.
 //!
-//! A level-triggered epoll poller, a cross-thread waker (eventfd), the timer heap
-//! and the clock. The PyO3 layer (`crate::event_loop`) sits on top and owns one of each.
+//! A level-triggered epoll poller, a cross-thread waker (eventfd), the timer heap,
+//! the clock and the page-aligned buffer reads land in. The PyO3 layer (`crate::event_loop`) sits on top and owns one of each.
 
 #[macro_use]
 pub mod sys;
 pub mod clock;
 pub mod poller;
+pub mod read_buf;
 pub mod timers;
 pub mod waker;
