@@ -134,6 +134,11 @@ pub(crate) struct LoopState {
     task_factory: Option<Py<PyAny>>,
     /// The handle being run, in debug mode only.
     current_handle: Option<Py<Handle>>,
+    /// The handle scheduled last, still tracked by the collector: it was just returned
+    /// to its caller, who may keep it. It is settled ([`LoopCore::settle`]) when the next
+    /// one is scheduled or the next step starts: hidden from the collector if only the
+    /// loop holds it by then, left tracked otherwise.
+    last_scheduled: Option<Py<Handle>>,
     default_executor: Option<Py<PyAny>>,
     executor_shutdown_called: bool,
     asyncgens_shutdown_called: bool,
@@ -342,13 +347,35 @@ impl LoopCore {
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
-        Handle::untrack(&handle);
-        self.state.borrow_mut(py).ready.push_back(Ready::Handle(handle));
+        let previous = {
+            let mut st = self.state.borrow_mut(py);
+            st.ready.push_back(Ready::Handle(handle.clone_ref(py)));
+            st.last_scheduled.replace(handle)
+        };
+        Self::settle(py, previous);
         if wake && self.polling.load(Ordering::SeqCst) {
             if let Some(io) = self.io.borrow(py).as_ref() {
                 io.waker.wake();
             }
         }
+    }
+
+    /// Decides about a handle scheduled earlier and still waiting in the ready queue or
+    /// timer heap: if the loop is all that holds it (its creator dropped the handle
+    /// `call_soon` or `call_later` returned), it is hidden from the collector
+    /// ([`Handle::untrack`]); one the program keeps stays tracked, so that the collector
+    /// sees that reference and never takes what the handle holds for garbage.
+    /// Called with no borrow of the loop's state held.
+    fn settle(py: Python<'_>, previous: Option<Py<Handle>>) {
+        let Some(h) = previous else { return };
+        // SAFETY: `h` is live (we hold it) and the GIL is held.
+        // Two references: the queue's or heap's, and ours.
+        if unsafe { pyo3::ffi::Py_REFCNT(h.as_ptr()) } == 2 {
+            Handle::untrack(&h);
+        }
+        // Released as a Bound: dropping a Py checks a thread-local first, and this runs
+        // once per callback.
+        drop(h.into_bound(py));
     }
 
     fn set_coroutine_origin_tracking(&self, py: Python<'_>, enabled: bool) -> PyResult<()> {
@@ -384,6 +411,8 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let mut garbage: Vec<Py<Handle>> = Vec::new();
+        let last = this.state.borrow_mut(py).last_scheduled.take();
+        Self::settle(py, last);
 
         let (timeout, have_fds) = {
             let mut st = this.state.borrow_mut(py);
@@ -484,6 +513,10 @@ impl LoopCore {
             }
         }
         drop(garbage);
+        // Other threads may have scheduled while the poll let go of the GIL; what runs in
+        // this step must be settled before it leaves the queue.
+        let last = this.state.borrow_mut(py).last_scheduled.take();
+        Self::settle(py, last);
 
         // Run exactly what is ready now; what these callbacks schedule waits for the next step.
         let ntodo = this.state.borrow(py).ready.len();
@@ -767,6 +800,7 @@ impl LoopCore {
                 exception_handler: None,
                 task_factory: None,
                 current_handle: None,
+                last_scheduled: None,
                 default_executor: None,
                 executor_shutdown_called: false,
                 asyncgens_shutdown_called: false,
@@ -874,11 +908,12 @@ impl LoopCore {
         if debug {
             py_attr!(py, "asyncio.log", "logger")?.call_method1(intern!(py, "debug"), ("Close %r", slf))?;
         }
-        let (ready, timers, fds, transports, executor) = {
+        let (last, ready, timers, fds, transports, executor) = {
             let mut st = this.state.borrow_mut(py);
             st.closed = true;
             st.executor_shutdown_called = true;
             (
+                st.last_scheduled.take(),
                 std::mem::take(&mut st.ready),
                 st.timers.drain(),
                 std::mem::take(&mut st.fds),
@@ -890,7 +925,7 @@ impl LoopCore {
         let io = this.io.borrow_mut(py).take();
         // Dropping closes the epoll fd and the eventfd.
         drop(io);
-        drop((ready, timers, fds, transports));
+        drop((last, ready, timers, fds, transports));
         if let Some(executor) = executor {
             let kwargs = PyDict::new(py);
             kwargs.set_item("wait", false)?;
@@ -1358,6 +1393,7 @@ impl LoopCore {
             visit.call(&st.exception_handler)?;
             visit.call(&st.task_factory)?;
             visit.call(&st.current_handle)?;
+            visit.call(&st.last_scheduled)?;
             visit.call(&st.default_executor)?;
         }
         Ok(())
@@ -1374,6 +1410,7 @@ impl LoopCore {
                 st.task_factory.take(),
                 st.current_handle.take(),
                 st.default_executor.take(),
+                st.last_scheduled.take(),
             )
         });
         if let Some(t) = &taken {
@@ -1406,8 +1443,12 @@ impl LoopCore {
         base.state.borrow_mut(py).scheduled = true;
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when }))?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
-        Handle::untrack(&as_handle);
-        this.state.borrow_mut(py).timers.push(when, as_handle);
+        let previous = {
+            let mut st = this.state.borrow_mut(py);
+            st.timers.push(when, as_handle.clone_ref(py));
+            st.last_scheduled.replace(as_handle)
+        };
+        Self::settle(py, previous);
         Ok(timer.unbind())
     }
 }

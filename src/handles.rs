@@ -35,6 +35,21 @@ pub(crate) struct HandleState {
 }
 
 impl HandleState {
+    /// The context copied for this handle, which [`Handle::untrack`] may have hidden from
+    /// the collector. (A context given with `context=` is never untracked, and need not
+    /// be a Context at all.)
+    fn own_context(&self) -> Option<&Py<PyAny>> {
+        self.context.as_ref().filter(|_| self.own_context)
+    }
+
+    /// Tracks the handle's own context again: before it is given out or released (a
+    /// context must be tracked when it is freed).
+    fn track_own_context(&self) {
+        if let Some(ctx) = self.own_context() {
+            track(ctx.as_ptr());
+        }
+    }
+
     /// The Python objects the handle holds: what the collector visits.
     fn objects(&self) -> [Option<&Py<PyAny>>; 6] {
         [
@@ -57,10 +72,7 @@ impl HandleState {
 
 impl Drop for HandleState {
     fn drop(&mut self) {
-        if let Some(ctx) = &self.context {
-            // A context must be tracked again before it can be freed.
-            track(ctx.as_ptr());
-        }
+        self.track_own_context();
         // A handle's state is only dropped with the interpreter attached: in the
         // handle's tp_dealloc, or when making the handle object failed. Releasing the
         // fields as Bound skips the thread-local check that dropping a Py makes, once
@@ -119,8 +131,10 @@ impl Handle {
     ///
     /// A busy loop holds thousands of handles at a time, and the collector would walk
     /// every young one on each generation-0 collection: with `call_soon` in a loop that
-    /// was over a third of the run time. A handle that waits in the loop is reachable
-    /// from the loop, so it needs no traversal of its own.
+    /// was over a third of the run time. A handle that waits in the loop, held by the
+    /// loop alone, is reachable only from the loop, so it needs no traversal of its own.
+    /// (The loop decides that once the caller has had its chance to keep the handle:
+    /// `LoopCore::settle`.)
     ///
     /// The same holds for the copy of the current context that `call_soon` makes for
     /// each callback: only the handle holds it, so it is hidden too (the loop's traverse
@@ -132,8 +146,8 @@ impl Handle {
         // `Py`, only touched with the GIL). Untracking an untracked object is a no-op.
         unsafe { ffi::PyObject_GC_UnTrack(h.as_ptr().cast()) }
         if let Some(st) = h.get().state.try_borrow() {
-            if let (true, Some(ctx)) = (st.own_context, &st.context) {
-                // SAFETY: as above; the context is a live GC object only this handle holds.
+            if let Some(ctx) = st.own_context() {
+                // SAFETY: as above; the context is a live Context only this handle holds.
                 unsafe { ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast()) }
             }
         }
@@ -162,24 +176,29 @@ impl Handle {
         // SAFETY: callers pass a live handle and hold the GIL.
         let h = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), p).cast_unchecked::<Handle>() };
         if let Some(st) = h.get().state.try_borrow() {
-            if let Some(ctx) = &st.context {
-                track(ctx.as_ptr());
-            }
+            st.track_own_context();
         }
     }
 
     /// The loop's visit of a handle it holds: the handle itself when the collector
-    /// tracks it, else (while it waits untracked in the queue or heap) its contents,
-    /// which only the loop can reach.
+    /// tracks it, else (while it waits untracked in the queue or heap, held by the loop
+    /// alone) its contents, which only the loop can reach.
     pub(crate) fn visit_owned(h: &Py<Handle>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         // SAFETY: `h` is live (the loop holds it); traverse runs with the GIL held.
         if unsafe { ffi::PyObject_GC_IsTracked(h.as_ptr()) } != 0 {
             return visit.call(h);
         }
+        // SAFETY: `h` is live and the GIL is held.
+        if unsafe { ffi::Py_REFCNT(h.as_ptr()) } != 1 {
+            // Only a handle the loop alone holds is untracked (`LoopCore::settle`); should
+            // another holder exist, what the handle holds is reachable through a
+            // reference the collector cannot see, and must count as held from outside.
+            return Ok(());
+        }
         match h.get().state.try_borrow() {
             Some(st) => {
                 st.visit(visit)?;
-                let Some(ctx) = &st.context else { return Ok(()) };
+                let Some(ctx) = st.own_context() else { return Ok(()) };
                 let mut fwd = Forward { visit, err: None };
                 // SAFETY: the context is live (the handle holds it), `fwd` outlives the
                 // call and the GIL is held (traverse runs with it).
@@ -326,6 +345,16 @@ fn call_in_context(
     args: &Bound<'_, PyTuple>,
     context: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
+    // SAFETY: `context` is alive (we hold a reference) and the GIL is held.
+    if unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
+        // Anything else given as context= is used as asyncio uses it (a Context
+        // subclass, or an object with a run() method; else the AttributeError).
+        let mut call_args = Vec::with_capacity(args.len() + 1);
+        call_args.push(callback.clone());
+        call_args.extend(args.iter());
+        context.call_method1(pyo3::intern!(py, "run"), PyTuple::new(py, call_args)?)?;
+        return Ok(());
+    }
     // SAFETY: all three objects are alive (we hold references) and the GIL is held.
     // The argument pointer addresses the tuple's own item array, which is immutable
     // and outlives the call; PyContext_Enter/Exit are paired on every path.
@@ -372,12 +401,10 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        let ctx = self.state.borrow(py).context.as_ref().map(|c| c.clone_ref(py));
-        if let Some(c) = &ctx {
-            // Whoever asks may keep it: the collector must see it again.
-            track(c.as_ptr());
-        }
-        ctx
+        let st = self.state.borrow(py);
+        // Whoever asks may keep it: the collector must see it again.
+        st.track_own_context();
+        st.context.as_ref().map(|c| c.clone_ref(py))
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -427,9 +454,7 @@ impl Handle {
 
     fn __clear__(&self) {
         let taken = self.state.try_borrow_mut().map(|mut st| {
-            if let Some(ctx) = &st.context {
-                track(ctx.as_ptr());
-            }
+            st.track_own_context();
             (
                 st.callback.take(),
                 st.args.take(),
@@ -510,7 +535,7 @@ unsafe extern "C" fn handle_traverse(
                     return r;
                 }
             }
-            if let Some(ctx) = &st.context {
+            if let Some(ctx) = st.own_context() {
                 if let Err(r) = traverse_untracked(ctx.as_ptr(), visit, arg) {
                     return r;
                 }
@@ -535,6 +560,11 @@ fn track(p: *mut ffi::PyObject) {
 /// Visits what an untracked context holds, since the collector cannot see it through
 /// the context itself; a tracked one is visited as any other field is.
 ///
+/// Only a context that its handle alone holds is seen through: its contents are then
+/// exactly as reachable as the handle. One with another holder (which the collector
+/// could not see) is left alone, so its contents count as referenced from outside: kept
+/// alive, never cleared while something can still reach them.
+///
 /// # Safety
 /// `ctx` is a live object, `visit` and `arg` a pair the collector (or
 /// [`forward_visit`]) accepts, and the GIL is held.
@@ -545,7 +575,7 @@ unsafe fn traverse_untracked(
 ) -> Result<(), std::os::raw::c_int> {
     // SAFETY: per the contract; tp_traverse only calls `visit` on the object's fields.
     unsafe {
-        if ffi::PyObject_GC_IsTracked(ctx) != 0 {
+        if ffi::PyObject_GC_IsTracked(ctx) != 0 || ffi::Py_REFCNT(ctx) != 1 {
             return Ok(());
         }
         match (*ffi::Py_TYPE(ctx)).tp_traverse {

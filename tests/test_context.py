@@ -94,6 +94,33 @@ def test_each_callback_gets_its_own_copy(loop, method):
     assert seen == [("writer", "written"), ("reader", "scheduler")]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_context_that_is_not_a_context_is_used_as_asyncio_uses_it(loop, method):
+    """context= is not checked: its run() is called, and an object without one fails
+    in the callback, through the exception handler."""
+    seen, errors = [], []
+
+    class RunsItself:
+        def run(self, callback, *args):
+            seen.append("run")
+            return callback(*args)
+
+    loop.set_exception_handler(lambda lp, context: errors.append(context))
+    schedule(loop, method, seen.append, "called", context=RunsItself())
+    kept = schedule(loop, method, seen.append, "never", context=1)
+    schedule(loop, method, seen.append, "never", context="text")
+    run_until_idle(loop)
+    del kept
+    run_until_idle(loop)
+    assert seen == ["run", "called"]
+    assert [type(c["exception"]) for c in errors] == [AttributeError, AttributeError]
+    assert [str(c["exception"]) for c in errors] == [
+        "'int' object has no attribute 'run'",
+        "'str' object has no attribute 'run'",
+    ]
+    assert all(c["message"].startswith("Exception in callback ") for c in errors)
+
+
 def test_the_same_context_can_be_shared_by_several_callbacks(loop):
     ctx = contextvars.Context()
     seen = []

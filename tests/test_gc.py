@@ -114,6 +114,43 @@ def test_cycle_through_the_copied_context_of_a_pending_callback_is_collected(
     assert ref() is None, "the cycle through the copied context was not collected"
 
 
+def test_what_a_kept_pending_handle_holds_survives_its_dropped_loop(untracked_loop_factory):
+    """A pending handle held by the program keeps its arguments and its context whole
+    when its unclosed loop is dropped and collected: nothing it holds is finalized or
+    cleared."""
+
+    finalized = []
+
+    class Kept(Owner):
+        def __del__(self):
+            finalized.append(self)
+
+    def schedule(loop, kind):
+        owner_var.set(Kept())  # reachable only through the context copied for the handle
+        args = Kept()  # reachable only through the handle
+        if kind == "call_soon":
+            return loop.call_soon(print, args), weakref.ref(args)
+        return loop.call_later(3600, print, args), weakref.ref(args)
+
+    kept = []
+    for kind in ("call_soon", "call_later"):
+        loop = untracked_loop_factory()
+        kept.append(contextvars.Context().run(schedule, loop, kind))
+        loop.call_soon(print)  # the kept handle is no longer the last one scheduled
+        del loop
+    with warnings.catch_warnings():
+        # asyncio warns about a loop that is garbage collected unclosed.
+        warnings.simplefilter("ignore", ResourceWarning)
+        collect()
+    assert finalized == []
+    for handle, args_ref in kept:
+        assert isinstance(args_ref(), Kept)
+        get_context = getattr(handle, "get_context", None)  # Python 3.12+, and ferroloop
+        ctx = get_context() if get_context is not None else handle._context
+        assert isinstance(ctx.run(owner_var.get), Kept)
+        handle.cancel()
+
+
 def test_cycle_through_the_copied_context_of_a_kept_handle_is_collected(loop):
     """owner -> handle (kept after it ran) -> its copied context -> owner."""
 
