@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemE
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyString, PyTuple, PyWeakrefReference};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple, PyWeakrefReference};
 
 use crate::gil::{py_attr, GilCell};
 use crate::handles::{Handle, TimerHandle};
@@ -971,7 +971,15 @@ impl LoopCore {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        Self::schedule_timer(slf, clock::monotonic() + delay, callback, args, context, "call_at")
+        Self::schedule_timer(
+            slf,
+            clock::monotonic() + delay,
+            None,
+            callback,
+            args,
+            context,
+            "call_at",
+        )
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -985,8 +993,9 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
+        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
         let when: f64 = when.extract()?;
-        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+        Self::schedule_timer(slf, when, given, callback, args, context, "call_at")
     }
 
     // ---- futures and tasks ----
@@ -1424,6 +1433,7 @@ impl LoopCore {
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
+        when_given: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
@@ -1440,7 +1450,11 @@ impl LoopCore {
             Self::source_traceback(py, debug)?,
             true,
         );
-        base.state.borrow_mut(py).scheduled = true;
+        {
+            let mut st = base.state.borrow_mut(py);
+            st.scheduled = true;
+            st.when_given = when_given;
+        }
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when }))?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
         let previous = {

@@ -23,6 +23,9 @@ pub(crate) struct HandleState {
     pub(crate) loop_: Option<Py<LoopCore>>,
     /// Where the handle was made, in debug mode (a list of FrameSummary).
     pub(crate) source_traceback: Option<Py<PyAny>>,
+    /// For timers: the `when` given to `call_at` when it was not a float (an int, say),
+    /// which `when()` returns as asyncio does; the heap orders by its float value.
+    pub(crate) when_given: Option<Py<PyAny>>,
     /// The repr taken at cancel time in debug mode, kept for slow-callback warnings.
     pub(crate) repr: Option<Py<PyAny>>,
     pub(crate) cancelled: bool,
@@ -51,7 +54,7 @@ impl HandleState {
     }
 
     /// The Python objects the handle holds: what the collector visits.
-    fn objects(&self) -> [Option<&Py<PyAny>>; 6] {
+    fn objects(&self) -> [Option<&Py<PyAny>>; 7] {
         [
             self.callback.as_ref(),
             self.args.as_ref().map(Py::as_any),
@@ -59,6 +62,7 @@ impl HandleState {
             self.loop_.as_ref().map(Py::as_any),
             self.source_traceback.as_ref(),
             self.repr.as_ref(),
+            self.when_given.as_ref(),
         ]
     }
 
@@ -86,6 +90,7 @@ impl Drop for HandleState {
             self.loop_.take().map(|o| o.into_bound(py)),
             self.source_traceback.take().map(|o| o.into_bound(py)),
             self.repr.take().map(|o| o.into_bound(py)),
+            self.when_given.take().map(|o| o.into_bound(py)),
         ));
     }
 }
@@ -117,6 +122,7 @@ impl Handle {
                 loop_: Some(loop_),
                 source_traceback,
                 repr: None,
+                when_given: None,
                 cancelled: false,
                 own_context,
                 scheduled: false,
@@ -299,20 +305,25 @@ impl Handle {
     fn repr_info(slf: &Bound<'_, Handle>) -> PyResult<Vec<String>> {
         let py = slf.py();
         let mut info = vec![slf.get_type().name()?.to_string()];
-        let (cancelled, cb, args, tb) = {
+        let (cancelled, cb, args, tb, when_given) = {
             let st = slf.get().state.borrow(py);
             (
                 st.cancelled,
                 st.callback.as_ref().map(|c| c.clone_ref(py)),
                 st.args.as_ref().map(|a| a.clone_ref(py)),
                 st.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+                st.when_given.as_ref().map(|w| w.clone_ref(py)),
             )
         };
         if cancelled {
             info.push("cancelled".into());
         }
         if let Ok(timer) = slf.cast::<TimerHandle>() {
-            let when = pyo3::types::PyFloat::new(py, timer.get().when).repr()?;
+            // asyncio formats `when` with str(), as given.
+            let when = match when_given {
+                Some(w) => w.bind(py).str()?,
+                None => pyo3::types::PyFloat::new(py, timer.get().when).str()?,
+            };
             info.insert(if cancelled { 2 } else { 1 }, format!("when={when}"));
         }
         if let Some(cb) = cb {
@@ -462,21 +473,38 @@ impl Handle {
                 st.loop_.take(),
                 st.source_traceback.take(),
                 st.repr.take(),
+                st.when_given.take(),
             )
         });
         drop(taken);
     }
 }
 
+impl TimerHandle {
+    /// The deadline as `call_at` was given it (asyncio keeps what it was given).
+    fn when_as_given(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        let py = slf.py();
+        let given = slf
+            .as_super()
+            .get()
+            .state
+            .borrow(py)
+            .when_given
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        given.unwrap_or_else(|| pyo3::types::PyFloat::new(py, slf.get().when).into_any().unbind())
+    }
+}
+
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        Self::when_as_given(slf)
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        Self::when_as_given(slf)
     }
 
     #[getter]
@@ -484,8 +512,9 @@ impl TimerHandle {
         slf.as_super().get().state.borrow(slf.py()).scheduled
     }
 
-    fn __hash__(&self) -> u64 {
-        self.when.to_bits()
+    fn __hash__(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        // asyncio's: hash(self._when).
+        Self::when_as_given(slf).bind(slf.py()).hash()
     }
 
     fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: pyo3::basic::CompareOp) -> PyResult<Py<PyAny>> {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import functools
 import re
 
@@ -132,6 +134,31 @@ def test_timer_handle_when(loop):
     assert th.when() == when
     th.cancel()
     assert th.when() == when
+
+
+def test_timer_handle_when_is_what_call_at_was_given(loop):
+    """asyncio keeps call_at's `when` as given: an int stays an int, in when(), in the
+    repr and in the hash; call_later's is a float."""
+    when = int(loop.time()) + 3600
+    th = loop.call_at(when, callback)
+    assert type(th.when()) is int and th.when() == when
+    assert repr(th).startswith(f"<TimerHandle when={when} ")
+    assert hash(th) == hash(when)
+    later = loop.call_later(3600, callback)
+    assert type(later.when()) is float
+    assert hash(later) == hash(later.when())
+    assert th < later
+    th.cancel()
+    later.cancel()
+    assert repr(th) == f"<TimerHandle cancelled when={when}>"
+
+
+def test_timer_handle_with_an_int_deadline_fires(loop):
+    fired = []
+    loop.call_at(int(loop.time()), fired.append, "int")
+    loop.call_at(loop.time(), fired.append, "float")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert fired == ["int", "float"]
 
 
 def test_timer_handles_compare_by_when(loop):
