@@ -347,17 +347,29 @@ impl LoopCore {
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
     fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
-        let previous = {
-            let mut st = self.state.borrow_mut(py);
-            st.ready.push_back(Ready::Handle(handle.clone_ref(py)));
-            st.last_scheduled.replace(handle)
-        };
-        Self::settle(py, previous);
+        self.enqueue(py, handle, |st, h| st.ready.push_back(Ready::Handle(h)));
         if wake && self.polling.load(Ordering::SeqCst) {
             if let Some(io) = self.io.borrow(py).as_ref() {
                 io.waker.wake();
             }
         }
+    }
+
+    /// Puts a new handle in the ready queue or timer heap (`push`), and keeps it as the
+    /// last one scheduled, settling the one before it.
+    fn enqueue(&self, py: Python<'_>, handle: Py<Handle>, push: impl FnOnce(&mut LoopState, Py<Handle>)) {
+        let previous = {
+            let mut st = self.state.borrow_mut(py);
+            push(&mut st, handle.clone_ref(py));
+            st.last_scheduled.replace(handle)
+        };
+        Self::settle(py, previous);
+    }
+
+    /// Settles the last handle scheduled: before a step looks at the queue and heap.
+    fn settle_last(&self, py: Python<'_>) {
+        let last = self.state.borrow_mut(py).last_scheduled.take();
+        Self::settle(py, last);
     }
 
     /// Decides about a handle scheduled earlier and still waiting in the ready queue or
@@ -411,8 +423,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let mut garbage: Vec<Py<Handle>> = Vec::new();
-        let last = this.state.borrow_mut(py).last_scheduled.take();
-        Self::settle(py, last);
+        this.settle_last(py);
 
         let (timeout, have_fds) = {
             let mut st = this.state.borrow_mut(py);
@@ -515,8 +526,7 @@ impl LoopCore {
         drop(garbage);
         // Other threads may have scheduled while the poll let go of the GIL; what runs in
         // this step must be settled before it leaves the queue.
-        let last = this.state.borrow_mut(py).last_scheduled.take();
-        Self::settle(py, last);
+        this.settle_last(py);
 
         // Run exactly what is ready now; what these callbacks schedule waits for the next step.
         let ntodo = this.state.borrow(py).ready.len();
@@ -1457,12 +1467,7 @@ impl LoopCore {
         }
         let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when }))?;
         let as_handle: Py<Handle> = timer.clone().into_super().unbind();
-        let previous = {
-            let mut st = this.state.borrow_mut(py);
-            st.timers.push(when, as_handle.clone_ref(py));
-            st.last_scheduled.replace(as_handle)
-        };
-        Self::settle(py, previous);
+        this.enqueue(py, as_handle, |st, h| st.timers.push(when, h));
         Ok(timer.unbind())
     }
 }

@@ -358,8 +358,8 @@ fn call_in_context(
 ) -> PyResult<()> {
     // SAFETY: `context` is alive (we hold a reference) and the GIL is held.
     if unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
-        // Anything else given as context= is used as asyncio uses it (a Context
-        // subclass, or an object with a run() method; else the AttributeError).
+        // Anything else given as context= is used as asyncio uses it: its run() method
+        // is called (an object without one fails with asyncio's AttributeError).
         let mut call_args = Vec::with_capacity(args.len() + 1);
         call_args.push(callback.clone());
         call_args.extend(args.iter());

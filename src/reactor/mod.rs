@@ -1,7 +1,8 @@
 //! The reactor: the parts of the event loop that know nothing of Python.
 //!
-//! A level-triggered epoll poller, a cross-thread waker (eventfd), the timer heap,
-//! the clock and the page-aligned buffer reads land in. The PyO3 layer (`crate::event_loop`) sits on top and owns one of each.
+//! A level-triggered epoll poller, a cross-thread waker (eventfd), the timer heap, the
+//! clock and the page-aligned buffer reads land in. The PyO3 layer (`crate::event_loop`)
+//! sits on top and owns one of each.
 
 #[macro_use]
 pub mod sys;

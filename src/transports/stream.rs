@@ -256,11 +256,18 @@ fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
     .map(|n| n as usize)
 }
 
-fn sendv(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
-    // SAFETY: an all-zero msghdr is valid; we then point it at `iov`, which outlives the call.
+/// A message header with no address or control data, over `iov` (which must outlive
+/// its use).
+fn msghdr_over(iov: &[libc::iovec]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid; we then point it at `iov`.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
+    msg
+}
+
+fn sendv(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
+    let msg = msghdr_over(iov);
     syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL)).map(|n| n as usize)
 }
 
@@ -289,10 +296,7 @@ fn recv_cache_aligned(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<us
             iov_len: len - head,
         },
     ];
-    // SAFETY: an all-zero msghdr is valid; we then point it at `iov`, which outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len() as _;
+    let mut msg = msghdr_over(&iov);
     syscall!(recvmsg(fd, &mut msg, 0)).map(|n| n as usize)
 }
 
