@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple, PyWeakrefReference};
 
 use crate::gil::{py_attr, GilCell};
+use crate::handle_mem;
 use crate::handles::{Handle, TimerHandle};
 use crate::reactor::clock;
 use crate::reactor::poller::{Events, Interest, Poller};
@@ -334,7 +335,7 @@ impl LoopCore {
         debug: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let h = Handle::new_state(
+        let state = Handle::new_state(
             callback.clone().unbind(),
             args.clone().unbind(),
             Self::current_context(py, context)?,
@@ -342,7 +343,7 @@ impl LoopCore {
             Self::source_traceback(py, debug)?,
             false,
         );
-        Py::new(py, h)
+        Ok(handle_mem::new_handle(py, state, None, true)?.unbind())
     }
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
@@ -1452,7 +1453,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let debug = this.check_schedule(py, callback, method)?;
-        let base = Handle::new_state(
+        let mut state = Handle::new_state(
             callback.clone().unbind(),
             args.clone().unbind(),
             Self::current_context(py, context)?,
@@ -1460,15 +1461,12 @@ impl LoopCore {
             Self::source_traceback(py, debug)?,
             true,
         );
-        {
-            let mut st = base.state.borrow_mut(py);
-            st.scheduled = true;
-            st.when_given = when_given;
-        }
-        let timer = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when }))?;
-        let as_handle: Py<Handle> = timer.clone().into_super().unbind();
-        this.enqueue(py, as_handle, |st, h| st.timers.push(when, h));
-        Ok(timer.unbind())
+        state.scheduled = true;
+        state.when_given = when_given;
+        let handle = handle_mem::new_handle(py, state, Some(when), true)?;
+        this.enqueue(py, handle.clone().unbind(), |st, h| st.timers.push(when, h));
+        // SAFETY: `new_handle` made a TimerHandle, as `when` was given.
+        Ok(unsafe { handle.cast_into_unchecked::<TimerHandle>() }.unbind())
     }
 }
 

@@ -113,21 +113,19 @@ impl Handle {
         loop_: Py<LoopCore>,
         source_traceback: Option<Py<PyAny>>,
         is_timer: bool,
-    ) -> Handle {
-        Handle {
-            state: GilCell::new(HandleState {
-                callback: Some(callback),
-                args: Some(args),
-                context: Some(context),
-                loop_: Some(loop_),
-                source_traceback,
-                repr: None,
-                when_given: None,
-                cancelled: false,
-                own_context,
-                scheduled: false,
-                is_timer,
-            }),
+    ) -> HandleState {
+        HandleState {
+            callback: Some(callback),
+            args: Some(args),
+            context: Some(context),
+            loop_: Some(loop_),
+            source_traceback,
+            repr: None,
+            when_given: None,
+            cancelled: false,
+            own_context,
+            scheduled: false,
+            is_timer,
         }
     }
 
@@ -227,23 +225,50 @@ impl Handle {
     /// exception handler.
     pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
+        // SAFETY: `slf` is live and the GIL is held.
+        let only_holder = unsafe { ffi::Py_REFCNT(slf.as_ptr()) } == 1;
         let (callback, args, context) = {
-            let st = slf.get().state.borrow(py);
+            let mut st = slf.get().state.borrow_mut(py);
             if st.cancelled {
                 return Ok(());
             }
-            match (&st.callback, &st.args, &st.context) {
-                // Bound clones: the callback may cancel its own handle, which drops
-                // these fields, and a Bound is released without PyO3's thread-local
-                // check that dropping a Py makes.
-                (Some(c), Some(a), Some(x)) => (c.bind(py).clone(), a.bind(py).clone(), x.bind(py).clone()),
-                _ => return Ok(()),
+            if only_holder {
+                // Nobody else can see this handle (in debug mode the loop keeps it as
+                // the current handle), and it is freed once it has run: its fields move
+                // out instead of being copied, and move back should the callback raise,
+                // for the exception handler's view of the handle.
+                match (st.callback.take(), st.args.take(), st.context.take()) {
+                    (Some(c), Some(a), Some(x)) => {
+                        let own = std::mem::take(&mut st.own_context);
+                        (c.into_bound(py), a.into_bound(py), OwnContext(x.into_bound(py), own))
+                    }
+                    _ => return Ok(()),
+                }
+            } else {
+                match (&st.callback, &st.args, &st.context) {
+                    // Bound clones: the callback may cancel its own handle, which drops
+                    // these fields, and a Bound is released without PyO3's thread-local
+                    // check that dropping a Py makes.
+                    (Some(c), Some(a), Some(x)) => (
+                        c.bind(py).clone(),
+                        a.bind(py).clone(),
+                        OwnContext(x.bind(py).clone(), false),
+                    ),
+                    _ => return Ok(()),
+                }
             }
         };
-        let result = call_in_context(py, &callback, &args, &context);
+        let result = call_in_context(py, &callback, &args, &context.0);
         match result {
             Ok(()) => Ok(()),
             Err(err) => {
+                if context.1 {
+                    let mut st = slf.get().state.borrow_mut(py);
+                    st.callback = Some(callback.clone().unbind());
+                    st.args = Some(args.clone().unbind());
+                    st.context = Some(context.0.clone().unbind());
+                    st.own_context = true;
+                }
                 if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
                     return Err(err);
                 }
@@ -345,6 +370,19 @@ impl Handle {
             }
         }
         Ok(info)
+    }
+}
+
+/// A handle's context while its callback runs; when the handle's own copy was moved
+/// out of it (the flag), the copy is tracked again before it is released, as
+/// `HandleState::drop` would have.
+struct OwnContext<'py>(Bound<'py, PyAny>, bool);
+
+impl Drop for OwnContext<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            track(self.0.as_ptr());
+        }
     }
 }
 
@@ -642,94 +680,6 @@ unsafe extern "C" fn forward_visit(obj: *mut ffi::PyObject, arg: *mut std::os::r
     }
 }
 
-/// Freed handle objects kept for reuse, one list per type, as uvloop's handles have:
-/// a busy loop makes and frees a handle per callback, and taking the memory from here
-/// skips the allocator and the collector's allocation count.
-struct FreeLists {
-    handle_type: *mut ffi::PyTypeObject,
-    timer_type: *mut ffi::PyTypeObject,
-    handles: Vec<*mut ffi::PyObject>,
-    timers: Vec<*mut ffi::PyObject>,
-}
-
-impl FreeLists {
-    /// The list for objects of exactly `ty`, if it is one of the handle types.
-    fn list_for(&mut self, ty: *mut ffi::PyTypeObject) -> Option<&mut Vec<*mut ffi::PyObject>> {
-        if ty == self.handle_type {
-            Some(&mut self.handles)
-        } else if ty == self.timer_type {
-            Some(&mut self.timers)
-        } else {
-            None
-        }
-    }
-}
-
-/// How many freed objects each list keeps: at most about 1.7 MB of handles. A list
-/// only grows to the number of handles that were alive at once and then freed, so a
-/// loop that queues a burst of callbacks (thousands of `call_soon`s before the loop
-/// runs them, or a timer per connection) makes them again without the allocator.
-const FREELIST_SIZE: usize = 16384;
-
-struct GilStatic(std::cell::UnsafeCell<FreeLists>);
-
-// SAFETY: the lists are only touched from tp_alloc and tp_free of the handle types and
-// from module init, all of which run with the GIL held (CPython 3.11 has one GIL), so
-// there is never concurrent access.
-unsafe impl Sync for GilStatic {}
-
-static FREE: GilStatic = GilStatic(std::cell::UnsafeCell::new(FreeLists {
-    handle_type: ptr::null_mut(),
-    timer_type: ptr::null_mut(),
-    handles: Vec::new(),
-    timers: Vec::new(),
-}));
-
-/// The size of the collector's header in front of each object of a GC type
-/// (`PyGC_Head`: two words).
-const GC_HEAD_WORDS: usize = 2;
-
-/// `tp_alloc` of the handle types: a freed object of exactly this type if one is kept,
-/// else `PyType_GenericAlloc`. The object comes back as `PyType_GenericAlloc` gives
-/// it: zeroed, one reference, the type referenced, tracked by the collector.
-unsafe extern "C" fn handle_alloc(subtype: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
-    // SAFETY: called by the interpreter with the GIL held (see `GilStatic`). A kept
-    // pointer is a whole object of `subtype` that was allocated by
-    // PyType_GenericAlloc, finalised by PyO3's tp_dealloc and untracked by
-    // `handle_free`; its memory (object and GC header) is ours until reused. Zeroing
-    // the header leaves it untracked, as PyObject_GC_Track requires.
-    unsafe {
-        let Some(obj) = (*FREE.0.get()).list_for(subtype).and_then(Vec::pop) else {
-            return ffi::PyType_GenericAlloc(subtype, nitems);
-        };
-        ptr::write_bytes(obj.cast::<u8>(), 0, (*subtype).tp_basicsize as usize);
-        ptr::write_bytes(obj.cast::<usize>().sub(GC_HEAD_WORDS), 0, GC_HEAD_WORDS);
-        ffi::PyObject_Init(obj, subtype);
-        ffi::PyObject_GC_Track(obj.cast());
-        obj
-    }
-}
-
-/// `tp_free` of the handle types: keeps the memory for `handle_alloc` while the list
-/// has room, else `PyObject_GC_Del`.
-unsafe extern "C" fn handle_free(obj: *mut std::os::raw::c_void) {
-    // SAFETY: called from PyO3's tp_dealloc with the GIL held, on an object whose Rust
-    // contents are dropped and whose weak references are cleared; it is not used
-    // again except through `handle_alloc`. The type's reference is released by the
-    // caller after this returns, and `handle_alloc` takes a new one.
-    unsafe {
-        let op = obj.cast::<ffi::PyObject>();
-        let Some(list) = (*FREE.0.get())
-            .list_for(ffi::Py_TYPE(op))
-            .filter(|l| l.len() < FREELIST_SIZE)
-        else {
-            return ffi::PyObject_GC_Del(obj);
-        };
-        ffi::PyObject_GC_UnTrack(obj);
-        list.push(op);
-    }
-}
-
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Handle>()?;
     m.add_class::<TimerHandle>()?;
@@ -741,19 +691,5 @@ pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
         // what PyO3's did (the same fields, plus the type).
         unsafe { (*ty.as_type_ptr()).tp_traverse = Some(handle_traverse) };
     }
-    let (handle_type, timer_type) = (py.get_type::<Handle>(), py.get_type::<TimerHandle>());
-    // SAFETY: the GIL is held (see `GilStatic`) and no instances exist yet, so every
-    // object these slots will see was allocated by `handle_alloc`, which falls back to
-    // PyType_GenericAlloc (whose counterpart is PyObject_GC_Del). The type objects
-    // live as long as the module, which holds them.
-    unsafe {
-        let lists = &mut *FREE.0.get();
-        lists.handle_type = handle_type.as_type_ptr();
-        lists.timer_type = timer_type.as_type_ptr();
-        for ty in [lists.handle_type, lists.timer_type] {
-            (*ty).tp_alloc = Some(handle_alloc);
-            (*ty).tp_free = Some(handle_free);
-        }
-    }
-    Ok(())
+    crate::handle_mem::install(py)
 }

@@ -8,6 +8,7 @@ pub mod reactor;
 mod event_loop;
 mod fastcall;
 mod gil;
+mod handle_mem;
 mod handles;
 mod transports;
 

@@ -57,6 +57,28 @@ def test_exception_in_callback_goes_to_the_handler(loop):
     assert context["handle"] is h
 
 
+def test_handler_sees_the_whole_handle_of_a_callback_nobody_kept(loop):
+    # The handle call_soon returned is dropped at once: the loop is its only holder
+    # when the callback runs, and the handler still gets it with callback and args.
+    seen = []
+
+    def handler(lp, ctx):
+        h = ctx["handle"]
+        seen.append((repr(h), h._callback, h._args, h.cancelled()))
+
+    loop.set_exception_handler(handler)
+    loop.call_soon(raise_value_error, 7)
+    run_one_batch(loop)
+    assert seen == [
+        (
+            f"<Handle raise_value_error(7) at {source_of(raise_value_error)}>",
+            raise_value_error,
+            (7,),
+            False,
+        )
+    ]
+
+
 def test_exception_in_timer_callback_goes_to_the_handler(loop):
     calls = []
     loop.set_exception_handler(lambda lp, ctx: calls.append(dict(ctx)))
