@@ -11,6 +11,7 @@
 use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering as AtomicOrdering};
 
 use pyo3::exceptions::{PySystemError, PyTypeError};
 use pyo3::ffi;
@@ -28,6 +29,35 @@ Arrange for a callback to be called as soon as possible.
 Callbacks are called in the order in which they are registered; each is called
 exactly once. Positional arguments after the callback are passed to it. Returns a
 Handle, which can cancel the callback.";
+
+/// The `context` keyword name that asyncio's C Task passes on every step: a str of its
+/// own, not the interned one, so identity with `intern!` misses it. The first such
+/// name seen is kept (with a reference, so that its address stays its own) and then
+/// recognised by identity.
+static SEEN_CONTEXT_NAME: AtomicPtr<ffi::PyObject> = AtomicPtr::new(ptr::null_mut());
+
+/// Whether keyword name `name` is "context"; remembers the first non-interned one.
+///
+/// # Safety
+/// `name` is a live str and the GIL is held.
+#[inline]
+unsafe fn is_seen_context_name(name: *mut ffi::PyObject) -> bool {
+    if name == SEEN_CONTEXT_NAME.load(AtomicOrdering::Relaxed) {
+        return true;
+    }
+    // SAFETY: per the contract.
+    unsafe {
+        if ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) != 0 {
+            return false;
+        }
+        if SEEN_CONTEXT_NAME.load(AtomicOrdering::Relaxed).is_null() {
+            // Kept for the life of the process: one small str.
+            ffi::Py_INCREF(name);
+            SEEN_CONTEXT_NAME.store(name, AtomicOrdering::Relaxed);
+        }
+    }
+    true
+}
 
 /// Unpacks the fastcall arguments and schedules the callback.
 ///
@@ -51,7 +81,7 @@ unsafe fn call_soon_impl(
             for i in 0..ffi::PyTuple_GET_SIZE(kwnames) {
                 let name = ffi::PyTuple_GET_ITEM(kwnames, i);
                 let value = Bound::from_borrowed_ptr(py, *args.add(nargs + i as usize));
-                if name == context_name || ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) == 0 {
+                if name == context_name || is_seen_context_name(name) {
                     context = Some(value);
                 } else if ffi::PyUnicode_CompareWithASCIIString(name, c"callback".as_ptr()) == 0 {
                     if callback.is_some() {

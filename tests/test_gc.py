@@ -401,6 +401,67 @@ MAX_RSS_GROWTH = 1024 * 1024
 MAX_OBJECT_GROWTH = 200
 
 
+def test_a_closed_loop_is_freed_without_the_collector(untracked_loop_factory):
+    # asyncio's loop, once closed, holds nothing that refers back to it; neither does
+    # ferroloop's (the bound call_soon it keeps for speed goes with close()).
+    loop = untracked_loop_factory()
+    loop.run_until_complete(asyncio.sleep(0))
+    ref = weakref.ref(loop)
+    loop.close()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del loop
+        assert ref() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def test_call_soon_replaced_on_the_instance_is_used_by_tasks(loop):
+    # Tasks look call_soon up on the loop for every step: one set on the instance
+    # (as tests with mocks do) is the one they call.
+    calls = []
+    original = loop.call_soon
+
+    def spy(callback, *args, context=None):
+        calls.append(callback)
+        return original(callback, *args, context=context)
+
+    loop.call_soon = spy
+
+    async def main():
+        await asyncio.sleep(0)
+        return "done"
+
+    assert loop.run_until_complete(main()) == "done"
+    assert len(calls) >= 2
+    del loop.call_soon
+    assert loop.call_soon == original
+
+
+def test_call_soon_overridden_by_a_subclass_is_used(impl):
+    if impl == "ferroloop":
+        import ferroloop
+
+        base = ferroloop.Loop
+    else:
+        base = asyncio.SelectorEventLoop
+    calls = []
+
+    class Counting(base):
+        def call_soon(self, callback, *args, context=None):
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    loop = Counting()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert len(calls) >= 2
+
+
 def test_create_and_close_many_loops(untracked_loop_factory):
     def cycle(n):
         for _ in range(n):

@@ -29,6 +29,19 @@ class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
     def __init__(self) -> None:
         # WeakSet of the async generators being iterated by this loop.
         self._asyncgens = weakref.WeakSet()
+        # asyncio's C Task and Future look `call_soon` up as an attribute of the loop
+        # for every step and every done callback they schedule, and a lookup on the
+        # class makes a new bound method each time. The bound method kept in the
+        # instance's __dict__ is found there instead. Only where the class does not
+        # override it; close() drops it again, as it holds the loop (a cycle).
+        if type(self).call_soon is LoopCore.call_soon:
+            self.__dict__["call_soon"] = self.call_soon
+
+    def close(self) -> None:
+        LoopCore.close(self)
+        kept = self.__dict__.get("call_soon")
+        if kept is not None and kept == LoopCore.call_soon.__get__(self):
+            del self.__dict__["call_soon"]
 
     def __repr__(self) -> str:
         return (
