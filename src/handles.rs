@@ -414,7 +414,25 @@ fn call_in_context(
         let tuple = args.as_ptr() as *mut ffi::PyTupleObject;
         let nargs = ffi::PyTuple_GET_SIZE(args.as_ptr());
         let argv = (*tuple).ob_item.as_ptr();
-        let res = ffi::PyObject_Vectorcall(callback.as_ptr(), argv, nargs as usize, ptr::null_mut());
+        let cb = callback.as_ptr();
+        let tp = ffi::Py_TYPE(cb);
+        let res = match (*tp).tp_call {
+            // A callable without vectorcall, called with no arguments (the C Task's
+            // step and wakeup wrappers, once per step): its tp_call takes the argument
+            // tuple as it is, which PyObject_Vectorcall would first rebuild. A result
+            // with an exception set means a broken callable (PyObject_Vectorcall would
+            // make that a SystemError); the exception set is what is reported.
+            Some(call) if nargs == 0 && ffi::PyType_HasFeature(tp, ffi::Py_TPFLAGS_HAVE_VECTORCALL) == 0 => {
+                let res = call(cb, args.as_ptr(), ptr::null_mut());
+                if !res.is_null() && !ffi::PyErr_Occurred().is_null() {
+                    ffi::Py_DECREF(res);
+                    ptr::null_mut()
+                } else {
+                    res
+                }
+            }
+            _ => ffi::PyObject_Vectorcall(cb, argv, nargs as usize, ptr::null_mut()),
+        };
         let result = if res.is_null() {
             Err(PyErr::fetch(py))
         } else {

@@ -512,3 +512,33 @@ def test_call_soon_passes_positional_arguments_and_context(loop):
     loop.call_soon(lambda: seen.append(((), var.get())), context=None)
     run_one_batch(loop)
     assert seen == [((1, "two", None), "inner"), (tuple(range(20)), "outer"), ((), "outer")]
+
+
+class CallableObject:
+    """A callable instance: called through its type's tp_call (no vectorcall)."""
+
+    def __init__(self, fail):
+        self.fail = fail
+        self.calls = []
+
+    def __call__(self, *args):
+        self.calls.append(args)
+        if self.fail:
+            raise ValueError("callable object failed")
+
+
+def test_callable_objects_run_and_their_exceptions_reach_the_handler(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    ok, bad = CallableObject(False), CallableObject(True)
+    loop.call_soon(ok)
+    loop.call_soon(ok, 1, 2)
+    h = loop.call_soon(bad)
+    loop.call_soon(ok, "after")
+    run_one_batch(loop)
+    assert ok.calls == [(), (1, 2), ("after",)]
+    assert bad.calls == [()]
+    assert len(errors) == 1
+    assert errors[0]["handle"] is h
+    assert type(errors[0]["exception"]) is ValueError
+    assert errors[0]["message"].startswith("Exception in callback ")

@@ -34,8 +34,10 @@ class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
         # class makes a new bound method each time. The bound method kept in the
         # instance's __dict__ is found there instead. Only where the class does not
         # override it; close() drops it again, as it holds the loop (a cycle).
+        # (Set as an attribute, not through __dict__, which would make the instance's
+        # dict a real dict, slower to look in than its attribute values.)
         if type(self).call_soon is LoopCore.call_soon:
-            self.__dict__["call_soon"] = self.call_soon
+            self.call_soon = self.call_soon
 
     def close(self) -> None:
         LoopCore.close(self)
