@@ -297,6 +297,21 @@ def test_reused_handles_start_clean(loop):
     run_one_batch(loop)
 
 
+def test_weak_reference_callbacks_run_when_handles_are_freed(loop):
+    fired = []
+    h = loop.call_soon(noop)
+    t = loop.call_later(3600, noop)
+    refs = [
+        weakref.ref(h, lambda r: fired.append("handle")),
+        weakref.ref(t, lambda r: fired.append("timer")),
+    ]
+    t.cancel()
+    del h, t
+    run_one_batch(loop)
+    assert sorted(fired) == ["handle", "timer"]
+    assert all(r() is None for r in refs)
+
+
 def test_callbacks_are_released_after_they_ran(loop):
     owner = Owner()
     ref = weakref.ref(owner)
