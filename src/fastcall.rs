@@ -50,7 +50,8 @@ unsafe fn is_seen_context_name(name: *mut ffi::PyObject) -> bool {
         if ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) != 0 {
             return false;
         }
-        if SEEN_CONTEXT_NAME.load(AtomicOrdering::Relaxed).is_null() {
+        // Only an exact str is kept: a subclass instance would keep its class alive.
+        if SEEN_CONTEXT_NAME.load(AtomicOrdering::Relaxed).is_null() && ffi::PyUnicode_CheckExact(name) != 0 {
             // Kept for the life of the process: one small str.
             ffi::Py_INCREF(name);
             SEEN_CONTEXT_NAME.store(name, AtomicOrdering::Relaxed);

@@ -79,6 +79,42 @@ def test_handler_sees_the_whole_handle_of_a_callback_nobody_kept(loop):
     ]
 
 
+def test_handler_sees_the_whole_handle_of_an_unkept_callback_given_a_context(loop):
+    # As above, with context= given (as Tasks and Futures give it).
+    import contextvars
+
+    seen = []
+
+    def handler(lp, ctx):
+        h = ctx["handle"]
+        seen.append((repr(h), h._callback, h._args))
+
+    loop.set_exception_handler(handler)
+    loop.call_soon(raise_value_error, 8, context=contextvars.copy_context())
+    loop.call_later(0, raise_value_error, 9, context=contextvars.copy_context())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    src = source_of(raise_value_error)
+    assert seen[0] == (f"<Handle raise_value_error(8) at {src}>", raise_value_error, (8,))
+    assert seen[1][1:] == (raise_value_error, (9,))
+    assert seen[1][0].startswith("<TimerHandle when=") and seen[1][0].endswith(
+        f" raise_value_error(9) at {src}>"
+    )
+
+
+def test_a_callback_sees_its_own_handle_whole_through_a_weak_reference(loop):
+    import weakref
+
+    seen = []
+
+    def callback():
+        h = ref()
+        seen.append((repr(h), h._callback, h._args))
+
+    ref = weakref.ref(loop.call_soon(callback))
+    run_one_batch(loop)
+    assert seen == [(f"<Handle {callback.__qualname__}() at {source_of(callback)}>", callback, ())]
+
+
 def test_exception_in_timer_callback_goes_to_the_handler(loop):
     calls = []
     loop.set_exception_handler(lambda lp, ctx: calls.append(dict(ctx)))
