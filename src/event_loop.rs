@@ -343,7 +343,7 @@ impl LoopCore {
             Self::source_traceback(py, debug)?,
             false,
         );
-        Ok(handle_mem::new_handle(py, state, None, true)?.unbind())
+        Ok(handle_mem::new_handle(py, state, None)?.unbind())
     }
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
@@ -1463,7 +1463,7 @@ impl LoopCore {
         );
         state.scheduled = true;
         state.when_given = when_given;
-        let handle = handle_mem::new_handle(py, state, Some(when), true)?;
+        let handle = handle_mem::new_handle(py, state, Some(when))?;
         this.enqueue(py, handle.clone().unbind(), |st, h| st.timers.push(when, h));
         // SAFETY: `new_handle` made a TimerHandle, as `when` was given.
         Ok(unsafe { handle.cast_into_unchecked::<TimerHandle>() }.unbind())

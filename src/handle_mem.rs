@@ -180,14 +180,8 @@ unsafe extern "C" fn handle_dealloc<const TIMER: bool>(obj: *mut ffi::PyObject) 
 }
 
 /// Makes a handle object (a `TimerHandle` when `when` is given) holding `state`,
-/// tracked by the collector only if `tracked`; the caller that leaves it untracked
-/// takes on deciding when it must be tracked (see `Handle::untrack`).
-pub(crate) fn new_handle(
-    py: Python<'_>,
-    state: HandleState,
-    when: Option<f64>,
-    tracked: bool,
-) -> PyResult<Bound<'_, Handle>> {
+/// tracked by the collector.
+pub(crate) fn new_handle(py: Python<'_>, state: HandleState, when: Option<f64>) -> PyResult<Bound<'_, Handle>> {
     let handle = Handle {
         state: GilCell::new(state),
     };
@@ -197,17 +191,12 @@ pub(crate) fn new_handle(
         ((mem.handle_type, mem.timer_type), mem.layout)
     };
     let Some(layout) = layout else {
-        let obj = match when {
+        return Ok(match when {
             None => Bound::new(py, handle)?,
             Some(when) => {
                 Bound::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle { when }))?.into_super()
             }
-        };
-        if !tracked {
-            // SAFETY: `obj` is a live GC object and the GIL is held.
-            unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
-        }
-        return Ok(obj);
+        });
     };
     let ty = if when.is_some() { mem_types.1 } else { mem_types.0 };
     // SAFETY: the GIL is held and `ty` is a handle type. The object is zeroed, and
@@ -227,9 +216,7 @@ pub(crate) fn new_handle(
         if let Some(when) = when {
             ptr::write(obj.byte_add(layout.timer).cast::<TimerHandle>(), TimerHandle { when });
         }
-        if tracked {
-            ffi::PyObject_GC_Track(obj.cast());
-        }
+        ffi::PyObject_GC_Track(obj.cast());
         Ok(Bound::from_owned_ptr(py, obj).cast_into_unchecked())
     }
 }

@@ -225,61 +225,23 @@ impl Handle {
     /// exception handler.
     pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
-        // SAFETY: `slf` is live, the GIL is held, and the weak reference list lies at the
-        // type's `tp_weaklistoffset` (Handle has one, which TimerHandle inherits).
-        let only_holder = unsafe {
-            let obj = slf.as_ptr();
-            let offset = (*ffi::Py_TYPE(obj)).tp_weaklistoffset as usize;
-            ffi::Py_REFCNT(obj) == 1 && offset > 0 && (*obj.byte_add(offset).cast::<*mut ffi::PyObject>()).is_null()
-        };
         let (callback, args, context) = {
-            let mut st = slf.get().state.borrow_mut(py);
+            let st = slf.get().state.borrow(py);
             if st.cancelled {
                 return Ok(());
             }
-            if st.callback.is_none() || st.args.is_none() || st.context.is_none() {
-                return Ok(());
-            }
-            if only_holder {
-                // Nobody else can see this handle: no other reference, no weak one (in
-                // debug mode the loop keeps it as the current handle), and it is freed
-                // once it has run. Its fields move out instead of being copied, and move
-                // back should the callback raise, for the exception handler's view.
-                let own = std::mem::take(&mut st.own_context);
-                let (Some(c), Some(a), Some(x)) = (st.callback.take(), st.args.take(), st.context.take()) else {
-                    unreachable!("all three were checked to be set, under the same borrow");
-                };
-                (
-                    c.into_bound(py),
-                    a.into_bound(py),
-                    Moved(OwnContext(x.into_bound(py), own), true),
-                )
-            } else {
-                let (Some(c), Some(a), Some(x)) = (&st.callback, &st.args, &st.context) else {
-                    unreachable!("all three were checked to be set, under the same borrow");
-                };
-                // Bound clones: the callback may cancel its own handle, which drops these
-                // fields, and a Bound is released without PyO3's thread-local check that
-                // dropping a Py makes.
-                (
-                    c.bind(py).clone(),
-                    a.bind(py).clone(),
-                    Moved(OwnContext(x.bind(py).clone(), false), false),
-                )
+            match (&st.callback, &st.args, &st.context) {
+                // Bound clones: the callback may cancel its own handle, which drops
+                // these fields, and a Bound is released without PyO3's thread-local
+                // check that dropping a Py makes.
+                (Some(c), Some(a), Some(x)) => (c.bind(py).clone(), a.bind(py).clone(), x.bind(py).clone()),
+                _ => return Ok(()),
             }
         };
-        let Moved(context, moved) = context;
-        let result = call_in_context(py, &callback, &args, &context.0);
+        let result = call_in_context(py, &callback, &args, &context);
         match result {
             Ok(()) => Ok(()),
             Err(err) => {
-                if moved {
-                    let mut st = slf.get().state.borrow_mut(py);
-                    st.callback = Some(callback.clone().unbind());
-                    st.args = Some(args.clone().unbind());
-                    st.context = Some(context.0.clone().unbind());
-                    st.own_context = context.1;
-                }
                 if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
                     return Err(err);
                 }
@@ -381,23 +343,6 @@ impl Handle {
             }
         }
         Ok(info)
-    }
-}
-
-/// A handle's context while its callback runs, and whether the handle's fields were
-/// moved out for the run (rather than copied).
-struct Moved<'py>(OwnContext<'py>, bool);
-
-/// A handle's context while its callback runs; when the handle's own copy was moved
-/// out of it (the flag), the copy is tracked again before it is released, as
-/// `HandleState::drop` would have.
-struct OwnContext<'py>(Bound<'py, PyAny>, bool);
-
-impl Drop for OwnContext<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            track(self.0.as_ptr());
-        }
     }
 }
 
