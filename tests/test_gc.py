@@ -455,6 +455,29 @@ def test_call_soon_replaced_on_the_instance_is_used_by_tasks(loop):
     assert loop.call_soon == original
 
 
+def test_an_open_loop_keeps_its_bound_call_soon_until_close(impl, untracked_loop_factory):
+    # A known difference (README): ferroloop keeps its bound call_soon as an instance
+    # attribute while open, so replacing call_soon on the class does not reach a loop
+    # made before; asyncio's loop looks it up on the class every time.
+    loop = untracked_loop_factory()
+    cls = type(loop)
+    original = cls.call_soon
+    try:
+        cls.call_soon = lambda self, *a, **k: "from the class"
+        from_class = loop.call_soon(noop) == "from the class"
+    finally:
+        cls.call_soon = original
+    if impl == "ferroloop":
+        assert "call_soon" in vars(loop)
+        assert not from_class
+    else:
+        assert "call_soon" not in vars(loop)
+        assert from_class
+    run_one_batch(loop)
+    loop.close()
+    assert "call_soon" not in vars(loop)
+
+
 def test_call_soon_overridden_by_a_subclass_is_used(impl):
     if impl == "ferroloop":
         import ferroloop
