@@ -16,9 +16,8 @@ import threading
 import warnings
 import weakref
 
-from ferroloop._core import LoopCore
+from ferroloop._core import LoopCore, make_socket_transport
 from ferroloop._net import NetworkMixin
-from ferroloop._transports import SocketTransport
 
 logger = logging.getLogger("asyncio")
 
@@ -137,7 +136,7 @@ class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
 
     def _make_stream_transport(self, sock, protocol, waiter=None, extra=None, server=None):
         """Wrap a connected non-blocking stream socket in a transport (Rust data path)."""
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return make_socket_transport(self, sock, protocol, waiter, extra, server)
 
     # ---- name resolution (through the default executor) ----
 

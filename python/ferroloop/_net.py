@@ -27,6 +27,8 @@ import sys
 from asyncio import staggered, trsock
 from asyncio.log import logger
 
+from ferroloop._core import Acceptor
+
 try:
     import ssl as _ssl
 except ImportError:  # pragma: no cover - CPython is normally built with ssl
@@ -1037,166 +1039,44 @@ class NetworkMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
     ) -> None:
+        if sslcontext is not None:  # pragma: no cover - create_server refuses TLS
+            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
+        # The reader callback accepts up to `backlog` waiting connections each time the
+        # socket is readable (bpo-27906) and sets each up, in Rust.
         self.add_reader(
-            sock.fileno(),
-            self._accept_connection,
-            protocol_factory,
-            sock,
-            sslcontext,
-            server,
-            backlog,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
+            sock.fileno(), Acceptor(self, sock, protocol_factory, server, backlog)
         )
 
-    def _retry_serving(self, protocol_factory, sock, *args) -> None:
+    def _retry_serving(self, protocol_factory, sock, server, backlog) -> None:
         # The accept retry timer: serve again unless the server closed the socket
         # meanwhile (asyncio would log a failed add_reader(-1) here).
         if sock.fileno() == -1:
             return
-        self._start_serving(protocol_factory, sock, *args)
+        self._start_serving(protocol_factory, sock, None, server, backlog)
 
     def _stop_serving(self, sock) -> None:
         self.remove_reader(sock.fileno())
         sock.close()
 
-    def _accept_connection(
-        self,
-        protocol_factory,
-        sock,
-        sslcontext=None,
-        server=None,
-        backlog=100,
-        ssl_handshake_timeout=None,
-        ssl_shutdown_timeout=None,
-    ) -> None:
-        # Called once per loop iteration in which the listening socket is
-        # readable; several connections may be waiting, so accept up to
-        # `backlog` of them (bpo-27906).
-        # socket.accept() converts the listening socket's family and type to enums for
-        # every connection it makes; for a plain socket, do that once per batch.
-        fast = type(sock) is socket.socket
-        if fast:
-            family, kind, proto = sock.family, sock.type, sock.proto
-        for _ in range(backlog):
-            try:
-                if fast:
-                    fd, addr = sock._accept()
-                    conn = socket.socket(family, kind, proto, fileno=fd)
-                else:
-                    conn, addr = sock.accept()
-                if self.get_debug():
-                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
-                conn.setblocking(False)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                # The accept queue is empty.
-                return None
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RESOURCE_ERRNOS:
-                    # Linux keeps reporting the listening socket as readable:
-                    # stop watching it for a while, then try again.
-                    self.call_exception_handler(
-                        {
-                            "message": "socket.accept() out of system resource",
-                            "exception": exc,
-                            "socket": trsock.TransportSocket(sock),
-                        }
-                    )
-                    self.remove_reader(sock.fileno())
-                    self.call_later(
-                        ACCEPT_RETRY_DELAY,
-                        self._retry_serving,
-                        protocol_factory,
-                        sock,
-                        sslcontext,
-                        server,
-                        backlog,
-                        ssl_handshake_timeout,
-                        ssl_shutdown_timeout,
-                    )
-                else:
-                    raise  # the loop logs it as an error of this callback
-            else:
-                extra = {"peername": addr}
-                if sslcontext is None:
-                    self._accept_plain_connection(protocol_factory, conn, extra, server)
-                    continue
-                accept = self._accept_connection2(
-                    protocol_factory,
-                    conn,
-                    extra,
-                    sslcontext,
-                    server,
-                    ssl_handshake_timeout,
-                    ssl_shutdown_timeout,
-                )
-                self.create_task(accept)
-
-    def _accept_plain_connection(self, protocol_factory, conn, extra, server) -> None:
-        # asyncio sets up each accepted connection in a task of its own, whose only
-        # await is for connection_made() to have run. Without TLS nothing can fail
-        # there, so the transport is made here at once (as uvloop does): the protocol
-        # factory runs in this callback, connection_made() in the next iteration, as
-        # with asyncio, without the cost of a task and a future per connection.
-        protocol = None
-        try:
-            protocol = protocol_factory()
-            self._make_stream_transport(conn, protocol, None, extra, server)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            conn.close()
-            if self.get_debug():
-                context = {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-                if protocol is not None:
-                    context["protocol"] = protocol
-                self.call_exception_handler(context)
-
-    async def _accept_connection2(
-        self,
-        protocol_factory,
-        conn,
-        extra,
-        sslcontext=None,
-        server=None,
-        ssl_handshake_timeout=None,
-        ssl_shutdown_timeout=None,
-    ) -> None:
-        protocol = None
-        transport = None
-        try:
-            protocol = protocol_factory()
-            waiter = self.create_future()
-            if sslcontext:  # pragma: no cover - create_server refuses TLS
-                raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
-            transport = self._make_stream_transport(
-                conn, protocol, waiter=waiter, extra=extra, server=server
-            )
-
-            try:
-                await waiter
-            except BaseException:
-                transport.close()
-                raise
-            # From here on the protocol handles the connection.
-
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            if transport is None:
-                # No transport took the connection over (the protocol factory
-                # raised): close it rather than leave it to the GC.
-                conn.close()
-            if self.get_debug():
-                context = {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-                if protocol is not None:
-                    context["protocol"] = protocol
-                if transport is not None:
-                    context["transport"] = transport
-                self.call_exception_handler(context)
+    def _accept_failed(self, exc, protocol_factory, sock, server, backlog) -> None:
+        """accept() failed with something other than an empty queue (from Acceptor)."""
+        if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+            raise exc  # the loop logs it as an error of the reader callback
+        # Linux keeps reporting the listening socket as readable: stop watching it
+        # for a while, then try again.
+        self.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": exc,
+                "socket": trsock.TransportSocket(sock),
+            }
+        )
+        self.remove_reader(sock.fileno())
+        self.call_later(
+            ACCEPT_RETRY_DELAY,
+            self._retry_serving,
+            protocol_factory,
+            sock,
+            server,
+            backlog,
+        )

@@ -7,15 +7,16 @@ get_write_buffer_size, pause_reading, resume_reading, is_reading) are slots that
 the Rust object's bound methods, so calling them costs one slot load more than calling
 the Rust object directly, and runs no Python code. Each slot is filled on its first
 lookup, so a short connection only makes the bound methods it uses.
+
+Transports are made by ``ferroloop._core.make_socket_transport`` (which fills the
+slots without running ``__init__``): what asyncio's ``_SelectorSocketTransport.__init__``
+does, in Rust, so that accepting a connection runs no Python code of the loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import warnings
-from asyncio import trsock
-
-from ferroloop._core import StreamTransport
 
 
 def _set_result_unless_cancelled(fut, result) -> None:
@@ -52,30 +53,11 @@ class SocketTransport(asyncio.Transport):
         "__weakref__",
     )
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        if extra is None:
-            extra = {}  # as asyncio, a dict passed in is filled in place
-        extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            extra["sockname"] = sock.getsockname()
-        except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
-        super().__init__(extra)
-        # The Rust transport sets TCP_NODELAY on TCP sockets (every one, whatever proto
-        # the socket was made with; asyncio skips those made with proto 0).
-        core = StreamTransport(loop, sock, protocol, self, server)
-        self._core = core
-        core._register()
-        loop.call_soon(protocol.connection_made, self)
-        # Reading starts only once connection_made() has run.
-        loop.call_soon(core._start_reading)
-        if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+    def __init__(self, *args, **kwargs):
+        raise TypeError(
+            "SocketTransport objects are made by the loop "
+            "(ferroloop._core.make_socket_transport)"
+        )
 
     def __getattr__(self, name):
         # A hot method's slot is filled with the Rust bound method the first time it is

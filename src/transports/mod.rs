@@ -1,10 +1,12 @@
 //! Transports: the data path between sockets and protocols, in Rust.
 
+pub(crate) mod accept;
 pub(crate) mod stream;
 
 use pyo3::prelude::*;
 
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
+    accept::init_pymodule(m)?;
     Ok(())
 }

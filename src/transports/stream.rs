@@ -369,6 +369,16 @@ impl StreamTransport {
         }
     }
 
+    /// Registers the transport with its loop as the owner of its fd. Called once,
+    /// after construction.
+    pub(crate) fn register(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        match slf.get().loop_of(py) {
+            Some(l) => l.get().register_transport(py, slf.get().fd, slf),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn is_closing(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).closing
     }
@@ -811,7 +821,9 @@ impl StreamTransport {
         // Whatever connection_lost did, the socket is closed and the references dropped.
         Self::set_watch(slf, true, false)?;
         Self::set_watch(slf, false, false)?;
-        let (loop_, sock, server, protocol, cbs) = {
+        // The facade goes too: it holds this object, so keeping it would leave a
+        // reference cycle per connection for the garbage collector.
+        let (loop_, sock, server, protocol, cbs, facade) = {
             let mut st = this.state.borrow_mut(py);
             (
                 st.loop_.take(),
@@ -819,6 +831,7 @@ impl StreamTransport {
                 st.server.take(),
                 st.protocol.take(),
                 (st.data_received.take(), st.get_buffer.take(), st.buffer_updated.take()),
+                st.facade.take(),
             )
         };
         if let Some(l) = &loop_ {
@@ -828,7 +841,7 @@ impl StreamTransport {
             Some(s) => s.bind(py).call_method0(intern!(py, "close")).map(drop),
             None => Ok(()),
         };
-        drop((loop_, sock, protocol, cbs));
+        drop((loop_, sock, protocol, cbs, facade));
         let detached = match server {
             Some(s) => s.bind(py).call_method0(intern!(py, "_detach")).map(drop),
             None => Ok(()),
@@ -841,7 +854,7 @@ impl StreamTransport {
 impl StreamTransport {
     #[new]
     #[pyo3(signature = (loop_, sock, protocol, facade=None, server=None))]
-    fn new(
+    pub(crate) fn new(
         loop_: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
@@ -893,15 +906,6 @@ impl StreamTransport {
             s.call_method0("_attach")?;
         }
         Ok(t)
-    }
-
-    /// Registers the transport as the owner of its fd. Called once, after construction.
-    fn _register(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        match slf.get().loop_of(py) {
-            Some(l) => l.get().register_transport(py, slf.get().fd, slf),
-            None => Ok(()),
-        }
     }
 
     /// Starts reading; scheduled right after `connection_made`.

@@ -1,0 +1,444 @@
+//! Accepting connections on a listening socket, and wrapping a connected socket in a
+//! transport, without running Python code of the loop's own.
+//!
+//! `Acceptor` is the reader callback of a serving socket: asyncio's
+//! `_accept_connection` and `_accept_connection2` for plain (non-TLS) servers. An
+//! accepted connection gets its protocol and transport in the same callback, as with
+//! uvloop; `connection_made()` runs in the next iteration, as with asyncio.
+//!
+//! For a socket of exactly `socket.socket` and of a family whose addresses are
+//! converted here (IPv4, IPv6, Unix), connections are taken with `accept4()`, already
+//! non-blocking and close-on-exec; any other socket goes through its own `accept()`.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{
+    PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
+};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use crate::event_loop::LoopCore;
+use crate::gil::py_attr;
+use crate::transports::stream::StreamTransport;
+
+fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// An `OSError` (of the subclass its errno maps to) with the C library's message, as
+/// the socket module raises it.
+fn os_error(e: &std::io::Error) -> PyErr {
+    let msg = e.to_string();
+    let msg = msg.split(" (os error").next().unwrap_or("").to_string();
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), msg))
+}
+
+/// A socket address as Python sees it, converted exactly as CPython's socket module
+/// converts it (`makesockaddr`), for IPv4, IPv6 and Unix addresses; `None` for any
+/// other family, which the caller must then ask the socket module for.
+fn sockaddr_to_py<'py>(
+    py: Python<'py>,
+    ss: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if len == 0 {
+        return Ok(Some(py.None().into_bound(py)));
+    }
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote an AF_INET address, and sockaddr_storage is
+            // large and aligned enough for a sockaddr_in.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
+            let host = ntop(
+                py,
+                libc::AF_INET,
+                &a.sin_addr as *const libc::in_addr as *const libc::c_void,
+            )?;
+            let port = u16::from_be(a.sin_port) as i32;
+            Ok(Some(
+                PyTuple::new(py, [host, port.into_pyobject(py)?.into_any()])?.into_any(),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
+            let host = ntop(
+                py,
+                libc::AF_INET6,
+                &a.sin6_addr as *const libc::in6_addr as *const libc::c_void,
+            )?;
+            let port = u16::from_be(a.sin6_port) as i32;
+            let items = [
+                host,
+                port.into_pyobject(py)?.into_any(),
+                u32::from_be(a.sin6_flowinfo).into_pyobject(py)?.into_any(),
+                a.sin6_scope_id.into_pyobject(py)?.into_any(),
+            ];
+            Ok(Some(PyTuple::new(py, items)?.into_any()))
+        }
+        libc::AF_UNIX => {
+            // SAFETY: as above, for a sockaddr_un.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_un) };
+            let path_at = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+            let path: &[u8] =
+                // SAFETY: sun_path is an array of c_char, the same size as u8.
+                unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr() as *const u8, a.sun_path.len()) };
+            let n = (len as usize).saturating_sub(path_at).min(path.len());
+            if n > 0 && path[0] == 0 {
+                // Linux's abstract namespace: the name's bytes, as bytes.
+                return Ok(Some(PyBytes::new(py, &path[..n]).into_any()));
+            }
+            // A path: up to its terminating NUL (the storage was zeroed), decoded with
+            // the file system encoding.
+            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+            // SAFETY: `path[..end]` is readable memory; the GIL is held.
+            let s = unsafe {
+                ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr() as *const libc::c_char, end as ffi::Py_ssize_t)
+            };
+            // SAFETY: a new reference or NULL with an exception set.
+            Ok(Some(unsafe { Bound::from_owned_ptr_or_err(py, s)? }))
+        }
+        _ => Ok(None),
+    }
+}
+
+extern "C" {
+    /// The C library's address formatting, which the socket module uses (not in the
+    /// libc crate).
+    fn inet_ntop(
+        af: libc::c_int,
+        src: *const libc::c_void,
+        dst: *mut libc::c_char,
+        size: libc::socklen_t,
+    ) -> *const libc::c_char;
+}
+
+/// `inet_ntop` into a str, as the socket module formats addresses.
+fn ntop<'py>(py: Python<'py>, family: libc::c_int, addr: *const libc::c_void) -> PyResult<Bound<'py, PyAny>> {
+    let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: addr points at an address of `family`; buf has room for the longest text
+    // form of either family (INET6_ADDRSTRLEN is 46).
+    let r = unsafe { inet_ntop(family, addr, buf.as_mut_ptr(), buf.len() as libc::socklen_t) };
+    if r.is_null() {
+        return Err(os_error(&std::io::Error::last_os_error()));
+    }
+    // SAFETY: inet_ntop wrote a NUL-terminated ASCII string into buf.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(PyString::new(py, &text.to_string_lossy()).into_any())
+}
+
+/// `getsockname()` / `getpeername()` of `sock`, `None` if the call fails, as asyncio's
+/// transports fill their extra info.
+fn socket_name<'py>(sock: &Bound<'py, PyAny>, fd: RawFd, peer: bool) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let sa = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
+    let r = if peer {
+        syscall!(getpeername(fd, sa, &mut len))
+    } else {
+        syscall!(getsockname(fd, sa, &mut len))
+    };
+    if r.is_err() {
+        return Ok(py.None().into_bound(py));
+    }
+    if let Some(addr) = sockaddr_to_py(py, &ss, len)? {
+        return Ok(addr);
+    }
+    let method = if peer {
+        intern!(py, "getpeername")
+    } else {
+        intern!(py, "getsockname")
+    };
+    match sock.call_method0(method) {
+        Ok(addr) => Ok(addr),
+        Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(py.None().into_bound(py)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A new instance of `cls`, a Python class with slots, without running `__init__`.
+fn alloc_instance<'py>(cls: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let tp = cls.as_ptr() as *mut ffi::PyTypeObject;
+    // SAFETY: cls is a type object (checked by the caller's import of a class), and
+    // tp_alloc(tp, 0) returns a new zero-filled instance or NULL with an exception set.
+    unsafe {
+        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        Bound::from_owned_ptr_or_err(py, alloc(tp, 0))
+    }
+}
+
+/// The stream transport protocols see (`ferroloop._transports.SocketTransport`) over a
+/// connected non-blocking stream socket: asyncio's `_SelectorSocketTransport.__init__`.
+/// `connection_made()`, then reading, then the waiter are scheduled, in that order.
+pub(crate) fn make_socket_transport<'py>(
+    loop_: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = loop_.py();
+    let extra = match extra {
+        Some(d) => d, // as asyncio, a dict passed in is filled in place
+        None => PyDict::new(py),
+    };
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    extra.set_item(
+        intern!(py, "socket"),
+        py_attr!(py, "asyncio.trsock", "TransportSocket")?.call1((sock,))?,
+    )?;
+    extra.set_item(intern!(py, "sockname"), socket_name(sock, fd, false)?)?;
+    if !extra.contains(intern!(py, "peername"))? {
+        extra.set_item(intern!(py, "peername"), socket_name(sock, fd, true)?)?;
+    }
+    let facade = alloc_instance(py_attr!(py, "ferroloop._transports", "SocketTransport")?)?;
+    facade.setattr(intern!(py, "_extra"), &extra)?;
+    let core = Bound::new(py, StreamTransport::new(loop_, sock, protocol, Some(&facade), server)?)?;
+    facade.setattr(intern!(py, "_core"), &core)?;
+    StreamTransport::register(&core)?;
+    let none = PyTuple::empty(py);
+    LoopCore::call_soon(
+        loop_,
+        &protocol.getattr(intern!(py, "connection_made"))?,
+        &PyTuple::new(py, [&facade])?,
+        None,
+    )?;
+    LoopCore::call_soon(loop_, &core.getattr(intern!(py, "_start_reading"))?, &none, None)?;
+    if let Some(w) = waiter.filter(|w| !w.is_none()) {
+        LoopCore::call_soon(
+            loop_,
+            py_attr!(py, "ferroloop._transports", "_set_result_unless_cancelled")?,
+            &PyTuple::new(py, [w.clone(), py.None().into_bound(py)])?,
+            None,
+        )?;
+    }
+    Ok(facade)
+}
+
+/// `make_socket_transport(loop, sock, protocol, waiter=None, extra=None, server=None)`:
+/// the transport of `loop._make_stream_transport`.
+#[pyfunction]
+#[pyo3(name = "make_socket_transport", signature = (loop_, sock, protocol, waiter=None, extra=None, server=None))]
+fn py_make_socket_transport<'py>(
+    loop_: &Bound<'py, LoopCore>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    make_socket_transport(loop_, sock, protocol, waiter, extra, server.filter(|s| !s.is_none()))
+}
+
+/// The reader callback of a listening socket.
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct Acceptor {
+    loop_: Py<LoopCore>,
+    sock: Py<PyAny>,
+    protocol_factory: Py<PyAny>,
+    server: Option<Py<PyAny>>,
+    backlog: usize,
+    /// The listening socket's family, type (with SOCK_NONBLOCK) and proto, when
+    /// connections are taken with accept4().
+    direct: Option<(libc::c_int, libc::c_int, libc::c_int)>,
+}
+
+enum Accepted<'py> {
+    Conn(Bound<'py, PyAny>, Bound<'py, PyAny>),
+    /// The accept queue is empty.
+    Empty,
+}
+
+impl Acceptor {
+    fn accept_direct<'py>(
+        &self,
+        py: Python<'py>,
+        (family, kind, proto): (libc::c_int, libc::c_int, libc::c_int),
+    ) -> PyResult<Accepted<'py>> {
+        let sock = self.sock.bind(py);
+        // The socket may have been closed, and its number reused, since the last
+        // connection (a protocol factory can close the server).
+        let lfd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let fd = match syscall!(accept4(
+            lfd,
+            &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr,
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        )) {
+            Ok(fd) => fd,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => Ok(Accepted::Empty),
+                    _ => Err(os_error(&e)),
+                }
+            }
+        };
+        let kwargs = PyDict::new(py);
+        let conn = kwargs
+            .set_item(intern!(py, "fileno"), fd)
+            .and_then(|_| py_attr!(py, "socket", "socket")?.call((family, kind, proto), Some(&kwargs)));
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // SAFETY: fd is ours: no socket object took it.
+                unsafe { libc::close(fd) };
+                return Err(e);
+            }
+        };
+        match sockaddr_to_py(py, &ss, len) {
+            Ok(Some(addr)) => Ok(Accepted::Conn(conn, addr)),
+            Ok(None) => unreachable!("the family was checked when the acceptor was made"),
+            Err(e) => {
+                let _ = conn.call_method0(intern!(py, "close"));
+                Err(e)
+            }
+        }
+    }
+
+    fn accept_generic<'py>(&self, py: Python<'py>) -> PyResult<Accepted<'py>> {
+        let pair = match self.sock.bind(py).call_method0(intern!(py, "accept")) {
+            Ok(p) => p,
+            Err(e)
+                if e.is_instance_of::<PyBlockingIOError>(py)
+                    || e.is_instance_of::<PyInterruptedError>(py)
+                    || e.is_instance_of::<PyConnectionAbortedError>(py) =>
+            {
+                return Ok(Accepted::Empty)
+            }
+            Err(e) => return Err(e),
+        };
+        let (conn, addr): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair.extract()?;
+        conn.call_method1(intern!(py, "setblocking"), (false,))?;
+        Ok(Accepted::Conn(conn, addr))
+    }
+
+    /// asyncio's per-connection setup: the protocol from the factory, then the
+    /// transport. A failure closes the connection, and is reported in debug mode only.
+    fn serve(
+        &self,
+        loop_: &Bound<'_, LoopCore>,
+        conn: Bound<'_, PyAny>,
+        addr: Bound<'_, PyAny>,
+        debug: bool,
+    ) -> PyResult<()> {
+        let py = loop_.py();
+        let server = self.server.as_ref().map(|s| s.bind(py));
+        if debug {
+            py_attr!(py, "asyncio.log", "logger")?.call_method1(
+                intern!(py, "debug"),
+                ("%r got a new connection from %r: %r", server, &addr, &conn),
+            )?;
+        }
+        let extra = PyDict::new(py);
+        extra.set_item(intern!(py, "peername"), addr)?;
+        let mut protocol = None;
+        let made = self.protocol_factory.bind(py).call0().and_then(|p| {
+            let t = make_socket_transport(loop_, &conn, &p, None, Some(extra), server);
+            protocol = Some(p);
+            t
+        });
+        let Err(exc) = made else { return Ok(()) };
+        let closed = conn.call_method0(intern!(py, "close"));
+        if is_fatal(py, &exc) {
+            return Err(exc);
+        }
+        closed?;
+        if debug {
+            let context = PyDict::new(py);
+            context.set_item("message", "Error on transport creation for incoming connection")?;
+            context.set_item("exception", exc.into_value(py))?;
+            if let Some(p) = protocol {
+                context.set_item("protocol", p)?;
+            }
+            loop_.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Acceptor {
+    #[new]
+    #[pyo3(signature = (loop_, sock, protocol_factory, server, backlog))]
+    fn new(
+        loop_: &Bound<'_, LoopCore>,
+        sock: &Bound<'_, PyAny>,
+        protocol_factory: &Bound<'_, PyAny>,
+        server: &Bound<'_, PyAny>,
+        backlog: usize,
+    ) -> PyResult<Self> {
+        let py = sock.py();
+        let direct = if sock.get_type().is(py_attr!(py, "socket", "socket")?) {
+            let family: libc::c_int = sock.getattr(intern!(py, "family"))?.extract()?;
+            let kind: libc::c_int = sock.getattr(intern!(py, "type"))?.extract()?;
+            let proto: libc::c_int = sock.getattr(intern!(py, "proto"))?.extract()?;
+            matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX).then_some((
+                family,
+                kind | libc::SOCK_NONBLOCK,
+                proto,
+            ))
+        } else {
+            None
+        };
+        Ok(Acceptor {
+            loop_: loop_.clone().unbind(),
+            sock: sock.clone().unbind(),
+            protocol_factory: protocol_factory.clone().unbind(),
+            server: (!server.is_none()).then(|| server.clone().unbind()),
+            backlog,
+            direct,
+        })
+    }
+
+    /// Accepts up to `backlog` waiting connections (bpo-27906). When accept() fails
+    /// for want of resources, the loop's `_accept_failed` stops serving for a while.
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let loop_ = self.loop_.bind(py);
+        for _ in 0..self.backlog {
+            let accepted = match self.direct {
+                Some(params) => self.accept_direct(py, params),
+                None => self.accept_generic(py),
+            };
+            let (conn, addr) = match accepted {
+                Ok(Accepted::Conn(conn, addr)) => (conn, addr),
+                Ok(Accepted::Empty) => return Ok(()),
+                Err(e) if e.is_instance_of::<PyOSError>(py) => {
+                    loop_.call_method1(
+                        intern!(py, "_accept_failed"),
+                        (
+                            e.into_value(py),
+                            &self.protocol_factory,
+                            &self.sock,
+                            &self.server,
+                            self.backlog,
+                        ),
+                    )?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            self.serve(loop_, conn, addr, loop_.get().debug(py))?;
+        }
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("<Acceptor {}>", self.sock.bind(py).repr()?))
+    }
+}
+
+pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Acceptor>()?;
+    m.add_function(wrap_pyfunction!(py_make_socket_transport, m)?)?;
+    Ok(())
+}
