@@ -82,6 +82,27 @@ def test_cycle_through_an_unclosed_loop_is_collected(untracked_loop_factory, was
         sock_b.close()
 
 
+def test_cycle_through_an_unclosed_loop_with_a_serving_server_is_collected(untracked_loop_factory):
+    """owner -> loop -> the listening socket's reader -> protocol factory -> owner."""
+    before = len(os.listdir("/proc/self/fd"))
+
+    def build():
+        loop = untracked_loop_factory()
+        owner = Owner()
+        owner.loop = loop
+        owner.server = loop.run_until_complete(loop.create_server(lambda: owner, "127.0.0.1", 0))
+        return weakref.ref(owner), weakref.ref(loop)
+
+    with warnings.catch_warnings():
+        # Warnings about the loop and the listening socket, both left unclosed.
+        warnings.simplefilter("ignore", ResourceWarning)
+        owner_ref, loop_ref = build()
+        collect()
+    assert owner_ref() is None, "the cycle through the serving loop was not collected"
+    assert loop_ref() is None
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 @pytest.mark.parametrize("kind", ["call_soon", "call_later"])
 def test_cycle_through_the_copied_context_of_a_pending_callback_is_collected(
     untracked_loop_factory, kind

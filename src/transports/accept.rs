@@ -16,12 +16,13 @@ use pyo3::exceptions::{
     PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
 };
 use pyo3::ffi;
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::event_loop::LoopCore;
-use crate::gil::py_attr;
+use crate::gil::{py_attr, GilCell};
 use crate::transports::stream::StreamTransport;
 
 fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
@@ -237,13 +238,31 @@ fn py_make_socket_transport<'py>(
     make_socket_transport(loop_, sock, protocol, waiter, extra, server.filter(|s| !s.is_none()))
 }
 
-/// The reader callback of a listening socket.
-#[pyclass(module = "ferroloop._core", frozen)]
-pub struct Acceptor {
+/// What an acceptor holds: the loop holds the acceptor too (as its reader callback),
+/// so these are visited and cleared for the cyclic garbage collector.
+struct AcceptorRefs {
     loop_: Py<LoopCore>,
     sock: Py<PyAny>,
     protocol_factory: Py<PyAny>,
     server: Option<Py<PyAny>>,
+}
+
+impl AcceptorRefs {
+    fn clone_ref(&self, py: Python<'_>) -> AcceptorRefs {
+        AcceptorRefs {
+            loop_: self.loop_.clone_ref(py),
+            sock: self.sock.clone_ref(py),
+            protocol_factory: self.protocol_factory.clone_ref(py),
+            server: self.server.as_ref().map(|s| s.clone_ref(py)),
+        }
+    }
+}
+
+/// The reader callback of a listening socket.
+#[pyclass(module = "ferroloop._core", frozen)]
+pub struct Acceptor {
+    /// `None` once the garbage collector cleared it.
+    refs: GilCell<Option<AcceptorRefs>>,
     backlog: usize,
     /// The listening socket's family, type (with SOCK_NONBLOCK) and proto, when
     /// connections are taken with accept4().
@@ -258,11 +277,10 @@ enum Accepted<'py> {
 
 impl Acceptor {
     fn accept_direct<'py>(
-        &self,
-        py: Python<'py>,
+        sock: &Bound<'py, PyAny>,
         (family, kind, proto): (libc::c_int, libc::c_int, libc::c_int),
     ) -> PyResult<Accepted<'py>> {
-        let sock = self.sock.bind(py);
+        let py = sock.py();
         // The socket may have been closed, and its number reused, since the last
         // connection (a protocol factory can close the server).
         let lfd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
@@ -305,8 +323,9 @@ impl Acceptor {
         }
     }
 
-    fn accept_generic<'py>(&self, py: Python<'py>) -> PyResult<Accepted<'py>> {
-        let pair = match self.sock.bind(py).call_method0(intern!(py, "accept")) {
+    fn accept_generic<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Accepted<'py>> {
+        let py = sock.py();
+        let pair = match sock.call_method0(intern!(py, "accept")) {
             Ok(p) => p,
             Err(e)
                 if e.is_instance_of::<PyBlockingIOError>(py)
@@ -325,14 +344,14 @@ impl Acceptor {
     /// asyncio's per-connection setup: the protocol from the factory, then the
     /// transport. A failure closes the connection, and is reported in debug mode only.
     fn serve(
-        &self,
+        refs: &AcceptorRefs,
         loop_: &Bound<'_, LoopCore>,
         conn: Bound<'_, PyAny>,
         addr: Bound<'_, PyAny>,
         debug: bool,
     ) -> PyResult<()> {
         let py = loop_.py();
-        let server = self.server.as_ref().map(|s| s.bind(py));
+        let server = refs.server.as_ref().map(|s| s.bind(py));
         if debug {
             py_attr!(py, "asyncio.log", "logger")?.call_method1(
                 intern!(py, "debug"),
@@ -342,7 +361,7 @@ impl Acceptor {
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), addr)?;
         let mut protocol = None;
-        let made = self.protocol_factory.bind(py).call0().and_then(|p| {
+        let made = refs.protocol_factory.bind(py).call0().and_then(|p| {
             let t = make_socket_transport(loop_, &conn, &p, None, Some(extra), server);
             protocol = Some(p);
             t
@@ -391,10 +410,12 @@ impl Acceptor {
             None
         };
         Ok(Acceptor {
-            loop_: loop_.clone().unbind(),
-            sock: sock.clone().unbind(),
-            protocol_factory: protocol_factory.clone().unbind(),
-            server: (!server.is_none()).then(|| server.clone().unbind()),
+            refs: GilCell::new(Some(AcceptorRefs {
+                loop_: loop_.clone().unbind(),
+                sock: sock.clone().unbind(),
+                protocol_factory: protocol_factory.clone().unbind(),
+                server: (!server.is_none()).then(|| server.clone().unbind()),
+            })),
             backlog,
             direct,
         })
@@ -403,11 +424,15 @@ impl Acceptor {
     /// Accepts up to `backlog` waiting connections (bpo-27906). When accept() fails
     /// for want of resources, the loop's `_accept_failed` stops serving for a while.
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let loop_ = self.loop_.bind(py);
+        let Some(refs) = self.refs.borrow(py).as_ref().map(|r| r.clone_ref(py)) else {
+            return Ok(());
+        };
+        let loop_ = refs.loop_.bind(py);
+        let sock = refs.sock.bind(py);
         for _ in 0..self.backlog {
             let accepted = match self.direct {
-                Some(params) => self.accept_direct(py, params),
-                None => self.accept_generic(py),
+                Some(params) => Self::accept_direct(sock, params),
+                None => Self::accept_generic(sock),
             };
             let (conn, addr) = match accepted {
                 Ok(Accepted::Conn(conn, addr)) => (conn, addr),
@@ -417,9 +442,9 @@ impl Acceptor {
                         intern!(py, "_accept_failed"),
                         (
                             e.into_value(py),
-                            &self.protocol_factory,
-                            &self.sock,
-                            &self.server,
+                            &refs.protocol_factory,
+                            sock,
+                            &refs.server,
                             self.backlog,
                         ),
                     )?;
@@ -427,13 +452,34 @@ impl Acceptor {
                 }
                 Err(e) => return Err(e),
             };
-            self.serve(loop_, conn, addr, loop_.get().debug(py))?;
+            Self::serve(&refs, loop_, conn, addr, loop_.get().debug(py))?;
         }
         Ok(())
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("<Acceptor {}>", self.sock.bind(py).repr()?))
+        let sock = self.refs.borrow(py).as_ref().map(|r| r.sock.clone_ref(py));
+        match sock {
+            Some(s) => Ok(format!("<Acceptor {}>", s.bind(py).repr()?)),
+            None => Ok("<Acceptor>".to_string()),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(refs) = self.refs.try_borrow() {
+            if let Some(r) = refs.as_ref() {
+                visit.call(&r.loop_)?;
+                visit.call(&r.sock)?;
+                visit.call(&r.protocol_factory)?;
+                visit.call(&r.server)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.refs.try_borrow_mut().and_then(|mut r| r.take());
+        drop(taken);
     }
 }
 
