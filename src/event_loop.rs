@@ -217,6 +217,10 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 impl LoopCore {
+    pub(crate) fn closed(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closed
+    }
+
     #[inline]
     pub(crate) fn debug(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).debug

@@ -209,6 +209,56 @@ def test_writes_after_close_are_dropped_and_logged_past_the_threshold(loop, orac
     assert got == expected
 
 
+def test_writes_after_a_flushing_close_completed_are_dropped(loop, impl):
+    """close() with data still queued: the data is flushed, the connection lost, and a
+    later write is dropped and counted like any write after close. It never reaches the
+    fd, which is closed by then and whose number may already be another socket's."""
+    if impl == "asyncio":
+        pytest.xfail(
+            "asyncio's write() here calls send() on its socket, which is None by then, "
+            "and raises AttributeError"
+        )
+    payload = b"q" * 4_000_000
+
+    async def main():
+        contexts = capture_exceptions(loop)
+        t, p, peer = await make_transport(loop, lambda: Proto(loop))
+        t.write(payload)
+        assert t.get_write_buffer_size() > 0
+        t.close()
+        got = 0
+        while got < len(payload):
+            try:
+                got += len(await loop.sock_recv(peer, 1 << 20))
+            except BlockingIOError:
+                pass
+        assert await p.lost is None
+        # Another socket may get the closed fd's number; nothing of ours must reach it.
+        other_a, other_b = socket.socketpair()
+        with LogRecords() as logs:
+            for _ in range(6):
+                t.write(b"x")
+        other_a.setblocking(False)
+        other_b.setblocking(False)
+        leaked = []
+        for s in (other_a, other_b):
+            try:
+                leaked.append(s.recv(10))
+            except BlockingIOError:
+                pass
+        other_a.close()
+        other_b.close()
+        assert peer_recv_now(peer) == b""
+        peer.close()
+        return contexts, logs.summary(), leaked
+
+    contexts, logs, leaked = run(loop, main())
+    assert contexts == []
+    assert leaked == []
+    # As after close() with nothing queued: the close counts as the first lost write.
+    assert logs == [("WARNING", "socket.send() raised exception.")] * 2
+
+
 # ---------------------------------------------------------------- bad arguments
 
 

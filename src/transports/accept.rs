@@ -4,7 +4,8 @@
 //! `Acceptor` is the reader callback of a serving socket: asyncio's
 //! `_accept_connection` and `_accept_connection2` for plain (non-TLS) servers. An
 //! accepted connection gets its protocol and transport in the same callback, as with
-//! uvloop; `connection_made()` runs in the next iteration, as with asyncio.
+//! uvloop, and `connection_made()` runs in the next iteration (asyncio sets each
+//! connection up in a task of its own, which takes one iteration more).
 //!
 //! For a socket of exactly `socket.socket` and of a family whose addresses are
 //! converted here (IPv4, IPv6, Unix), connections are taken with `accept4()`, already
@@ -13,7 +14,8 @@
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{
-    PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PySystemExit,
+    PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PyRuntimeError,
+    PySystemExit,
 };
 use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
@@ -132,23 +134,14 @@ fn ntop<'py>(py: Python<'py>, family: libc::c_int, addr: *const libc::c_void) ->
 }
 
 /// `getsockname()` / `getpeername()` of `sock`, `None` if the call fails, as asyncio's
-/// transports fill their extra info.
+/// transports fill their extra info. A plain `socket.socket` is asked through its fd;
+/// a subclass through its methods, which it may override.
 fn socket_name<'py>(sock: &Bound<'py, PyAny>, fd: RawFd, peer: bool) -> PyResult<Bound<'py, PyAny>> {
     let py = sock.py();
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let sa = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
-    let r = if peer {
-        syscall!(getpeername(fd, sa, &mut len))
-    } else {
-        syscall!(getsockname(fd, sa, &mut len))
-    };
-    if r.is_err() {
-        return Ok(py.None().into_bound(py));
-    }
-    if let Some(addr) = sockaddr_to_py(py, &ss, len)? {
-        return Ok(addr);
+    if sock.get_type().is(py_attr!(py, "socket", "socket")?) {
+        if let Some(addr) = raw_socket_name(py, fd, peer)? {
+            return Ok(addr);
+        }
     }
     let method = if peer {
         intern!(py, "getpeername")
@@ -160,6 +153,24 @@ fn socket_name<'py>(sock: &Bound<'py, PyAny>, fd: RawFd, peer: bool) -> PyResult
         Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(py.None().into_bound(py)),
         Err(e) => Err(e),
     }
+}
+
+/// `socket_name` straight from the fd; `None` for a family the socket module must
+/// convert.
+fn raw_socket_name<'py>(py: Python<'py>, fd: RawFd, peer: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let sa = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
+    let r = if peer {
+        syscall!(getpeername(fd, sa, &mut len))
+    } else {
+        syscall!(getsockname(fd, sa, &mut len))
+    };
+    if r.is_err() {
+        return Ok(Some(py.None().into_bound(py)));
+    }
+    sockaddr_to_py(py, &ss, len)
 }
 
 /// A new instance of `cls`, a Python class with slots, without running `__init__`.
@@ -199,18 +210,19 @@ pub(crate) fn make_socket_transport<'py>(
     if !extra.contains(intern!(py, "peername"))? {
         extra.set_item(intern!(py, "peername"), socket_name(sock, fd, true)?)?;
     }
+    // What can fail is done before the transport exists: once it does, it owns the fd
+    // in the loop's table and is attached to the server.
+    if loop_.get().closed(py) {
+        return Err(PyRuntimeError::new_err("Event loop is closed"));
+    }
+    let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
     let facade = alloc_instance(py_attr!(py, "ferroloop._transports", "SocketTransport")?)?;
     facade.setattr(intern!(py, "_extra"), &extra)?;
     let core = Bound::new(py, StreamTransport::new(loop_, sock, protocol, Some(&facade), server)?)?;
     facade.setattr(intern!(py, "_core"), &core)?;
     StreamTransport::register(&core)?;
     let none = PyTuple::empty(py);
-    LoopCore::call_soon(
-        loop_,
-        &protocol.getattr(intern!(py, "connection_made"))?,
-        &PyTuple::new(py, [&facade])?,
-        None,
-    )?;
+    LoopCore::call_soon(loop_, &connection_made, &PyTuple::new(py, [&facade])?, None)?;
     LoopCore::call_soon(loop_, &core.getattr(intern!(py, "_start_reading"))?, &none, None)?;
     if let Some(w) = waiter.filter(|w| !w.is_none()) {
         LoopCore::call_soon(
@@ -282,8 +294,11 @@ impl Acceptor {
     ) -> PyResult<Accepted<'py>> {
         let py = sock.py();
         // The socket may have been closed, and its number reused, since the last
-        // connection (a protocol factory can close the server).
+        // connection: a protocol factory can close the server (and then the batch ends).
         let lfd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        if lfd < 0 {
+            return Ok(Accepted::Empty);
+        }
         // SAFETY: all-zero is a valid sockaddr_storage.
         let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -308,8 +323,12 @@ impl Acceptor {
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                // SAFETY: fd is ours: no socket object took it.
-                unsafe { libc::close(fd) };
+                // Only an interrupt (a signal handler's exception) can come once the socket
+                // object has taken the fd; then the fd is the object's to close.
+                if !is_fatal(py, &e) {
+                    // SAFETY: fd is ours: no socket object took it.
+                    unsafe { libc::close(fd) };
+                }
                 return Err(e);
             }
         };
@@ -325,6 +344,10 @@ impl Acceptor {
 
     fn accept_generic<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Accepted<'py>> {
         let py = sock.py();
+        let lfd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        if lfd < 0 {
+            return Ok(Accepted::Empty);
+        }
         let pair = match sock.call_method0(intern!(py, "accept")) {
             Ok(p) => p,
             Err(e)
@@ -429,32 +452,54 @@ impl Acceptor {
         };
         let loop_ = refs.loop_.bind(py);
         let sock = refs.sock.bind(py);
+        // First the whole batch is taken, then each connection set up, as asyncio
+        // accepts a batch before any of its connections' tasks runs: a protocol factory
+        // that closes the server still gets the connections already accepted.
+        let mut batch = Vec::new();
+        let mut failure = None;
         for _ in 0..self.backlog {
             let accepted = match self.direct {
                 Some(params) => Self::accept_direct(sock, params),
                 None => Self::accept_generic(sock),
             };
-            let (conn, addr) = match accepted {
-                Ok(Accepted::Conn(conn, addr)) => (conn, addr),
-                Ok(Accepted::Empty) => return Ok(()),
-                Err(e) if e.is_instance_of::<PyOSError>(py) => {
-                    loop_.call_method1(
-                        intern!(py, "_accept_failed"),
-                        (
-                            e.into_value(py),
-                            &refs.protocol_factory,
-                            sock,
-                            &refs.server,
-                            self.backlog,
-                        ),
-                    )?;
-                    return Ok(());
+            match accepted {
+                Ok(Accepted::Conn(conn, addr)) => batch.push((conn, addr)),
+                Ok(Accepted::Empty) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
-                Err(e) => return Err(e),
-            };
-            Self::serve(&refs, loop_, conn, addr, loop_.get().debug(py))?;
+            }
         }
-        Ok(())
+        let debug = loop_.get().debug(py);
+        let mut batch = batch.into_iter();
+        for (conn, addr) in batch.by_ref() {
+            if let Err(e) = Self::serve(&refs, loop_, conn, addr, debug) {
+                // An interrupt, or a connection that could not be closed: the rest of
+                // the batch is closed, not left to the garbage collector.
+                for (conn, _) in batch {
+                    let _ = conn.call_method0(intern!(py, "close"));
+                }
+                return Err(e);
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(e) if e.is_instance_of::<PyOSError>(py) => {
+                loop_.call_method1(
+                    intern!(py, "_accept_failed"),
+                    (
+                        e.into_value(py),
+                        &refs.protocol_factory,
+                        sock,
+                        &refs.server,
+                        self.backlog,
+                    ),
+                )?;
+                Ok(())
+            }
+            Some(e) => Err(e),
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

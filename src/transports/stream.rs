@@ -825,6 +825,9 @@ impl StreamTransport {
         // reference cycle per connection for the garbage collector.
         let (loop_, sock, server, protocol, cbs, facade) = {
             let mut st = this.state.borrow_mut(py);
+            // From here on the fd is closed (and its number may be reused): a write only
+            // counts, as after close() with nothing buffered.
+            st.conn_lost = st.conn_lost.max(1);
             (
                 st.loop_.take(),
                 st.sock.take(),
