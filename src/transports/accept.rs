@@ -55,11 +55,9 @@ fn sockaddr_to_py<'py>(
             // SAFETY: the kernel wrote an AF_INET address, and sockaddr_storage is
             // large and aligned enough for a sockaddr_in.
             let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            let host = ntop(
-                py,
-                libc::AF_INET,
-                &a.sin_addr as *const libc::in_addr as *const libc::c_void,
-            )?;
+            // inet_ntop's dotted quad (which glibc makes with sprintf).
+            let o = a.sin_addr.s_addr.to_ne_bytes();
+            let host = PyString::new(py, &format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])).into_any();
             let port = u16::from_be(a.sin_port) as i32;
             Ok(Some(
                 PyTuple::new(py, [host, port.into_pyobject(py)?.into_any()])?.into_any(),
@@ -119,7 +117,7 @@ extern "C" {
     ) -> *const libc::c_char;
 }
 
-/// `inet_ntop` into a str, as the socket module formats addresses.
+/// `inet_ntop` into a str, as the socket module formats IPv6 addresses.
 fn ntop<'py>(py: Python<'py>, family: libc::c_int, addr: *const libc::c_void) -> PyResult<Bound<'py, PyAny>> {
     let mut buf = [0 as libc::c_char; 64];
     // SAFETY: addr points at an address of `family`; buf has room for the longest text
@@ -173,6 +171,49 @@ fn raw_socket_name<'py>(py: Python<'py>, fd: RawFd, peer: bool) -> PyResult<Opti
     sockaddr_to_py(py, &ss, len)
 }
 
+/// `socket.socket(family, kind, proto, fileno=fd)` without its Python `__init__` frame:
+/// the C socket type's `__new__` and `__init__`, then the two slots that
+/// `socket.socket.__init__` sets. If this fails, the fd was not taken.
+fn new_plain_socket(
+    py: Python<'_>,
+    family: libc::c_int,
+    kind: libc::c_int,
+    proto: libc::c_int,
+    fd: RawFd,
+) -> PyResult<Bound<'_, PyAny>> {
+    let cls = py_attr!(py, "socket", "socket")?;
+    let base = py_attr!(py, "_socket", "socket")?;
+    let args = (family, kind, proto, fd).into_pyobject(py)?;
+    let empty = PyTuple::empty(py);
+    let tp = cls.as_ptr() as *mut ffi::PyTypeObject;
+    let base_tp = base.as_ptr() as *mut ffi::PyTypeObject;
+    // SAFETY: both are type objects (socket.socket derives from _socket.socket); tp_new
+    // returns a new reference or NULL with an exception set; tp_init returns < 0 with an
+    // exception set. The GIL is held.
+    let obj = unsafe {
+        let (Some(new), Some(init)) = ((*tp).tp_new, (*base_tp).tp_init) else {
+            return Err(PyRuntimeError::new_err("socket.socket cannot be made"));
+        };
+        let obj = Bound::from_owned_ptr_or_err(py, new(tp, empty.as_ptr(), std::ptr::null_mut()))?;
+        if init(obj.as_ptr(), args.as_ptr(), std::ptr::null_mut()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        obj
+    };
+    obj.setattr(intern!(py, "_io_refs"), 0)?;
+    obj.setattr(intern!(py, "_closed"), false)?;
+    Ok(obj)
+}
+
+/// `asyncio.trsock.TransportSocket(sock)`, whose `__init__` only stores the socket in
+/// its one slot, without the frame.
+fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    let ts = alloc_instance(py_attr!(py, "asyncio.trsock", "TransportSocket")?)?;
+    ts.setattr(intern!(py, "_sock"), sock)?;
+    Ok(ts)
+}
+
 /// A new instance of `cls`, a Python class with slots, without running `__init__`.
 fn alloc_instance<'py>(cls: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
@@ -202,10 +243,7 @@ pub(crate) fn make_socket_transport<'py>(
         None => PyDict::new(py),
     };
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-    extra.set_item(
-        intern!(py, "socket"),
-        py_attr!(py, "asyncio.trsock", "TransportSocket")?.call1((sock,))?,
-    )?;
+    extra.set_item(intern!(py, "socket"), transport_socket(sock)?)?;
     extra.set_item(intern!(py, "sockname"), socket_name(sock, fd, false)?)?;
     if !extra.contains(intern!(py, "peername"))? {
         extra.set_item(intern!(py, "peername"), socket_name(sock, fd, true)?)?;
@@ -220,6 +258,8 @@ pub(crate) fn make_socket_transport<'py>(
     facade.setattr(intern!(py, "_extra"), &extra)?;
     let core = Bound::new(py, StreamTransport::new(loop_, sock, protocol, Some(&facade), server)?)?;
     facade.setattr(intern!(py, "_core"), &core)?;
+    // Nearly every protocol writes: fill that slot now rather than on first use.
+    facade.setattr(intern!(py, "write"), core.getattr(intern!(py, "write"))?)?;
     StreamTransport::register(&core)?;
     let none = PyTuple::empty(py);
     LoopCore::call_soon(loop_, &connection_made, &PyTuple::new(py, [&facade])?, None)?;
@@ -316,10 +356,7 @@ impl Acceptor {
                 }
             }
         };
-        let kwargs = PyDict::new(py);
-        let conn = kwargs
-            .set_item(intern!(py, "fileno"), fd)
-            .and_then(|_| py_attr!(py, "socket", "socket")?.call((family, kind, proto), Some(&kwargs)));
+        let conn = new_plain_socket(py, family, kind, proto, fd);
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {

@@ -354,6 +354,25 @@ fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, loop_: &Py<LoopCore>) -> std::io:
     }
 }
 
+/// `sock.close()`. For a plain `socket.socket`, what its Python `close()` and
+/// `_real_close()` do, without their two frames.
+fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    if !sock.get_type().is(py_attr!(py, "socket", "socket")?) {
+        return sock.call_method0(intern!(py, "close")).map(drop);
+    }
+    sock.setattr(intern!(py, "_closed"), true)?;
+    let io_refs: isize = sock.getattr(intern!(py, "_io_refs"))?.extract()?;
+    if io_refs <= 0 {
+        static CLOSE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+        let close = CLOSE.get_or_try_init(py, || {
+            py_attr!(py, "_socket", "socket")?.getattr("close").map(Bound::unbind)
+        })?;
+        close.bind(py).call1((sock,))?;
+    }
+    Ok(())
+}
+
 /// Is `obj` bytes, bytearray or memoryview, the types asyncio's write() accepts?
 fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
     obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() || obj.is_instance_of::<PyMemoryView>()
@@ -841,7 +860,7 @@ impl StreamTransport {
             l.get().unregister_transport(py, this.fd, slf);
         }
         let closed = match &sock {
-            Some(s) => s.bind(py).call_method0(intern!(py, "close")).map(drop),
+            Some(s) => close_socket(s.bind(py)),
             None => Ok(()),
         };
         drop((loop_, sock, protocol, cbs, facade));
