@@ -7,8 +7,10 @@ Every test runs against ferroloop and against asyncio's own loop (the oracle).
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
+import resource
 import socket
 import uuid
 import warnings
@@ -379,4 +381,56 @@ def test_extra_info_of_a_socket_subclass_comes_from_its_methods(loop):
         await server.wait_closed()
 
     run(loop, main())
+    assert fd_count() == before
+
+
+def test_accept_running_out_of_fds_backs_off_then_serves(loop):
+    """accept() on a plain listening socket failing with EMFILE from the kernel: the
+    exception handler is told, accepting pauses for ACCEPT_RETRY_DELAY (1 s), and the
+    waiting connection is served once fds are available again."""
+    before = fd_count()
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append((lp.time(), ctx)))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def main():
+        factory = Factory(loop)
+        # backlog=1: one accept() per readiness event (asyncio would otherwise try, and
+        # report, once per failed accept() of the batch).
+        server = await loop.create_server(factory, "127.0.0.1", 0, backlog=1)
+        listener = server.sockets[0]
+        client = socket.socket()
+        client.setblocking(False)
+        # The lowest free fd number: with the limit there, no new fd can be made.
+        probe = os.dup(0)
+        os.close(probe)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        try:
+            t0 = loop.time()
+            await loop.sock_connect(client, listener.getsockname())
+            while not contexts:
+                await asyncio.sleep(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        when, ctx = contexts[0]
+        assert ctx["message"] == "socket.accept() out of system resource"
+        assert isinstance(ctx["exception"], OSError)
+        assert ctx["exception"].errno == errno.EMFILE
+        assert ctx["socket"].fileno() == listener.fileno()
+        sp = await asyncio.wait_for(factory.wait_for(1), 5)
+        assert loop.time() - when >= 0.9
+        assert loop.time() - t0 < 5
+        assert sp.transport.get_extra_info("peername") == client.getsockname()
+        await loop.sock_sendall(client, b"served")
+        assert await loop.sock_recv(client, 100) == b"served"
+        client.close()
+        await sp.lost
+        server.close()
+        await server.wait_closed()
+
+    try:
+        run(loop, main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(contexts) == 1
     assert fd_count() == before
