@@ -1,5 +1,6 @@
 //! Accepting connections on a listening socket, and wrapping a connected socket in a
-//! transport, without running Python code of the loop's own.
+//! transport. Of the loop's own Python, only the server's connection count
+//! (`Server._attach`) runs here.
 //!
 //! `Acceptor` is the reader callback of a serving socket: asyncio's
 //! `_accept_connection` and `_accept_connection2` for plain (non-TLS) servers. An
