@@ -33,6 +33,16 @@ async def accept_one(loop, server, factory, client_family, client_addr, bind=Non
     return client, sp
 
 
+async def echo_and_close(loop, client, sp, server):
+    """One echo over the accepted connection, then close it and the server."""
+    await loop.sock_sendall(client, b"accepted")
+    assert await loop.sock_recv(client, 100) == b"accepted"
+    client.close()
+    await sp.lost
+    server.close()
+    await server.wait_closed()
+
+
 def check_server_side(sp, client, listener_name, family):
     t = sp.transport
     assert t.get_extra_info("peername") == client.getsockname()
@@ -58,12 +68,7 @@ def test_accepted_tcp_connection_addresses(loop, host):
         check_server_side(sp, client, name, family)
         # TCP streams get TCP_NODELAY.
         assert sp.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        await loop.sock_sendall(client, b"accepted")
-        assert await loop.sock_recv(client, 100) == b"accepted"
-        client.close()
-        await sp.lost
-        server.close()
-        await server.wait_closed()
+        await echo_and_close(loop, client, sp, server)
 
     run(loop, main())
     assert fd_count() == before
@@ -89,12 +94,7 @@ def test_accepted_unix_connection_addresses(loop, tmp_path, client_name):
         check_server_side(sp, client, name, socket.AF_UNIX)
         if client_name == "unnamed":
             assert sp.transport.get_extra_info("peername") == ""
-        await loop.sock_sendall(client, b"accepted")
-        assert await loop.sock_recv(client, 100) == b"accepted"
-        client.close()
-        await sp.lost
-        server.close()
-        await server.wait_closed()
+        await echo_and_close(loop, client, sp, server)
 
     run(loop, main())
     assert fd_count() == before

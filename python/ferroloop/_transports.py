@@ -5,12 +5,13 @@
 ``StreamTransport`` it wraps: the hot methods (write, writelines, is_closing,
 get_write_buffer_size, pause_reading, resume_reading, is_reading) are slots that hold
 the Rust object's bound methods, so calling them costs one slot load more than calling
-the Rust object directly, and runs no Python code. Each slot is filled on its first
-lookup, so a short connection only makes the bound methods it uses.
+the Rust object directly, and runs no Python code. ``write`` is filled when the
+transport is made; each other slot on its first lookup, so a short connection only
+makes the bound methods it uses.
 
-Transports are made by ``ferroloop._core.make_socket_transport`` (which fills the
-slots without running ``__init__``): what asyncio's ``_SelectorSocketTransport.__init__``
-does, in Rust, so that accepting a connection runs no Python code of the loop's.
+Transports are made by ``ferroloop._core.make_socket_transport``, which does what
+asyncio's ``_SelectorSocketTransport.__init__`` does, in Rust, and fills the slots
+without running ``__init__``.
 """
 
 from __future__ import annotations

@@ -14,10 +14,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{
-    PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PyRuntimeError,
-    PySystemExit,
-};
+use pyo3::exceptions::{PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyOSError, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
@@ -26,19 +23,7 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
-use crate::transports::stream::StreamTransport;
-
-fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py)
-}
-
-/// An `OSError` (of the subclass its errno maps to) with the C library's message, as
-/// the socket module raises it.
-fn os_error(e: &std::io::Error) -> PyErr {
-    let msg = e.to_string();
-    let msg = msg.split(" (os error").next().unwrap_or("").to_string();
-    PyOSError::new_err((e.raw_os_error().unwrap_or(0), msg))
-}
+use crate::transports::stream::{io_to_pyerr, is_fatal, StreamTransport};
 
 /// A socket address as Python sees it, converted exactly as CPython's socket module
 /// converts it (`makesockaddr`), for IPv4, IPv6 and Unix addresses; `None` for any
@@ -125,7 +110,7 @@ fn ntop<'py>(py: Python<'py>, family: libc::c_int, addr: *const libc::c_void) ->
     // form of either family (INET6_ADDRSTRLEN is 46).
     let r = unsafe { inet_ntop(family, addr, buf.as_mut_ptr(), buf.len() as libc::socklen_t) };
     if r.is_null() {
-        return Err(os_error(&std::io::Error::last_os_error()));
+        return Err(io_to_pyerr(std::io::Error::last_os_error()));
     }
     // SAFETY: inet_ntop wrote a NUL-terminated ASCII string into buf.
     let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
@@ -230,6 +215,10 @@ fn alloc_instance<'py>(cls: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 /// The stream transport protocols see (`ferroloop._transports.SocketTransport`) over a
 /// connected non-blocking stream socket: asyncio's `_SelectorSocketTransport.__init__`.
 /// `connection_made()`, then reading, then the waiter are scheduled, in that order.
+/// Python calls it as `make_socket_transport(loop, sock, protocol, waiter=None,
+/// extra=None, server=None)` (the loop's `_make_stream_transport`).
+#[pyfunction]
+#[pyo3(signature = (loop_, sock, protocol, waiter=None, extra=None, server=None))]
 pub(crate) fn make_socket_transport<'py>(
     loop_: &Bound<'py, LoopCore>,
     sock: &Bound<'py, PyAny>,
@@ -239,6 +228,7 @@ pub(crate) fn make_socket_transport<'py>(
     server: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = loop_.py();
+    let server = server.filter(|s| !s.is_none());
     let extra = match extra {
         Some(d) => d, // as asyncio, a dict passed in is filled in place
         None => PyDict::new(py),
@@ -274,21 +264,6 @@ pub(crate) fn make_socket_transport<'py>(
         )?;
     }
     Ok(facade)
-}
-
-/// `make_socket_transport(loop, sock, protocol, waiter=None, extra=None, server=None)`:
-/// the transport of `loop._make_stream_transport`.
-#[pyfunction]
-#[pyo3(name = "make_socket_transport", signature = (loop_, sock, protocol, waiter=None, extra=None, server=None))]
-fn py_make_socket_transport<'py>(
-    loop_: &Bound<'py, LoopCore>,
-    sock: &Bound<'py, PyAny>,
-    protocol: &Bound<'py, PyAny>,
-    waiter: Option<&Bound<'py, PyAny>>,
-    extra: Option<Bound<'py, PyDict>>,
-    server: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    make_socket_transport(loop_, sock, protocol, waiter, extra, server.filter(|s| !s.is_none()))
 }
 
 /// What an acceptor holds: the loop holds the acceptor too (as its reader callback),
@@ -353,7 +328,7 @@ impl Acceptor {
             Err(e) => {
                 return match e.raw_os_error() {
                     Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ECONNABORTED) => Ok(Accepted::Empty),
-                    _ => Err(os_error(&e)),
+                    _ => Err(io_to_pyerr(e)),
                 }
             }
         };
@@ -568,6 +543,6 @@ impl Acceptor {
 
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Acceptor>()?;
-    m.add_function(wrap_pyfunction!(py_make_socket_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(make_socket_transport, m)?)?;
     Ok(())
 }

@@ -186,7 +186,7 @@ pub struct StreamTransport {
     state: GilCell<TransportState>,
 }
 
-fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
+pub(crate) fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
     e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
@@ -197,7 +197,9 @@ fn would_block(e: &std::io::Error) -> bool {
     )
 }
 
-fn io_to_pyerr(e: std::io::Error) -> PyErr {
+/// An `OSError` (of the subclass its errno maps to) with the C library's message, as
+/// the socket module raises it.
+pub(crate) fn io_to_pyerr(e: std::io::Error) -> PyErr {
     PyOSError::new_err((
         e.raw_os_error().unwrap_or(0),
         e.to_string().split(" (os error").next().unwrap_or("").to_string(),
