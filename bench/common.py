@@ -334,14 +334,15 @@ class Progress:
         self.started = time.monotonic()
         self._width = 0
 
-    def step(self, text: str) -> None:
+    def step(self, text: str, count: int = 1) -> None:
+        """`count` more steps are under way, described by `text`."""
         if not self.enabled:
             return
-        self.done += 1
+        self.done += count
         elapsed = time.monotonic() - self.started
         left = ""
-        if self.done > 1:
-            remaining = elapsed / (self.done - 1) * (self.total - self.done + 1)
+        if self.done > count:
+            remaining = elapsed / (self.done - count) * (self.total - self.done + count)
             left = f", ~{_duration(remaining)} left"
         line = f"[{self.done}/{self.total}] {text} ({_duration(elapsed)} elapsed{left})"
         if self.tty:

@@ -4,6 +4,7 @@
   python bench/run.py --smoke              # everything, once, for a fraction of a second each
   python bench/run.py --only echo/protocol --reps 5 --duration 3
   python bench/run.py --loops uvloop,asyncio --out /tmp/results
+  python bench/run.py --only echo/ --concurrent   # the loops of a repetition at the same time
   python bench/run.py --list               # the benchmark ids
 
 Benchmarks (bench/README.md says more):
@@ -21,6 +22,13 @@ p50/p99 latency seen by the client, and ratios to uvloop. The results go to
 OUT/results.json and a chart to OUT/chart.png. A cell is "n/a" when the loop cannot be
 imported or cannot run that benchmark; the reason is listed under the table.
 
+With --concurrent, the served benchmarks (echo, http, churn) run the loops of a repetition at
+the same time instead of one after the other: every loop's server on the server CPU, every
+loop's load generator on the client CPUs, their measured windows aligned. A slow moment of the
+machine then hits all loops alike, and as the servers share one core fairly, the throughput
+ratio becomes the ratio of CPU cost per operation. Absolute figures are not comparable with
+those of a sequential run. The callback benchmarks run one loop at a time in either mode.
+
 With --smoke the exit status is 1 unless asyncio and uvloop produced a number in every row
 (ferroloop may be "n/a" while it lacks a feature).
 """
@@ -36,6 +44,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -246,7 +256,38 @@ class Runner:
     def _pin(cpus):
         return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
-    def run_served(self, bench: Bench, loop: str) -> dict:
+    def run_concurrent(self, bench: Bench, loops: list[str]) -> dict[str, dict | BenchError]:
+        """Runs `bench` for all `loops` at the same time (see --concurrent): each loop's
+        result, or the BenchError that stopped it."""
+        barrier = threading.Barrier(len(loops))
+        outcome: dict[str, dict | BenchError] = {}
+
+        def one(name: str) -> None:
+            try:
+                outcome[name] = self.run_served(bench, name, barrier)
+            except BenchError as exc:
+                outcome[name] = exc
+            except BaseException as exc:  # noqa: BLE001 - reported as this loop's failure
+                outcome[name] = BenchError(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=one, args=(name,), daemon=True) for name in loops]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcome
+
+    def run_served(self, bench: Bench, loop: str, barrier: threading.Barrier | None = None) -> dict:
+        """Runs `bench` for `loop`. With a `barrier`, the load generator starts only once
+        every party's server is ready, so that concurrent runs measure the same window."""
+        try:
+            return self._run_served(bench, loop, barrier)
+        except BaseException:
+            if barrier is not None:
+                barrier.abort()  # the others must not wait for a server that will not come
+            raise
+
+    def _run_served(self, bench: Bench, loop: str, barrier: threading.Barrier | None) -> dict:
         p = bench.params
         tmp = tempfile.mkdtemp(prefix="ferroloop-bench-")
         errlog_path = os.path.join(tmp, "server.log")
@@ -283,6 +324,11 @@ class Runner:
             except BenchError as exc:
                 raise BenchError(tail(errlog_path) or str(exc)) from None
             target = ["--unix" if p.get("transport") == "unix" else "--tcp", ready["address"]]
+            if barrier is not None:
+                try:
+                    barrier.wait(SERVER_START_TIMEOUT)
+                except threading.BrokenBarrierError:
+                    raise BenchError("another loop of this concurrent run failed") from None
             lg_cmd = [self.loadgen, mode, *target, "--conns", str(p["conns"]), "--hold"]
             lg_cmd += ["--threads", str(self.client_threads)]
             lg_cmd += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
@@ -301,6 +347,7 @@ class Runner:
             lg_err = LineReader(client.stderr, "loadgen")
             try:
                 lg_err.wait_for(lambda line: line == "window-start", self.warmup + STEP_TIMEOUT)
+                window_start = time.time()
                 self._send(server, "start")
                 control.wait_json("started", STEP_TIMEOUT)
                 lg_err.wait_for(lambda line: line == "window-end", self.duration + STEP_TIMEOUT)
@@ -335,6 +382,7 @@ class Runner:
             "errors": errors,
             "server_cpu_s": usage["cpu_s"],
             "server_window_s": usage["wall_s"],
+            "window_start": window_start,  # wall clock: concurrent runs' windows coincide
             # Share of its cores the load generator used: near 1.0 makes it the bottleneck.
             "client_busy": busy_share(result),
         }
@@ -535,6 +583,11 @@ def main(argv=None) -> int:
         type=int,
         help="load generator threads (default: one per CPU left to it, at most 4)",
     )
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run the loops of each repetition of a served benchmark at the same time",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmark ids and exit")
     args = parser.parse_args(argv)
 
@@ -589,6 +642,7 @@ def main(argv=None) -> int:
             name: package_version(name) for name in ("uvicorn", "httptools", "matplotlib")
         },
         "only": args.only,
+        "concurrent": args.concurrent,
     }
     for name, reason in unavailable.items():
         print(f"{name}: not available ({reason}); its cells are n/a", file=sys.stderr)
@@ -608,6 +662,18 @@ def main(argv=None) -> int:
             failures: dict[str, str] = {}
             dead: set[str] = set(unavailable)
             for rep in range(reps):
+                if args.concurrent and bench.group != "callbacks":
+                    live = [name for name in loops if name not in dead]
+                    progress.step(f"{bench.id} | {', '.join(live)} | rep {rep + 1}/{reps}", len(loops))
+                    outcome = runner.run_concurrent(bench, live) if live else {}
+                    for name, got in outcome.items():
+                        if not isinstance(got, BenchError):
+                            samples[name].append(got)
+                            continue
+                        failures[name] = str(got)
+                        if isinstance(got, Unsupported):
+                            dead.add(name)
+                    continue
                 shift = rep % len(loops)
                 for name in loops[shift:] + loops[:shift]:
                     progress.step(f"{bench.id} | {name} | rep {rep + 1}/{reps}")
@@ -665,11 +731,17 @@ def main(argv=None) -> int:
         f"\n{len(results)} benchmarks; medians of {reps} rep(s) of {duration:g} s. "
         "Compare ratios within this run, not figures across runs or machines."
     )
+    if args.concurrent:
+        print(
+            "Concurrent run: the loops of a served benchmark ran at the same time, their "
+            "servers sharing one CPU; throughput ratios are ratios of CPU cost per operation."
+        )
     print(f"results: {os.path.relpath(results_path)}")
     if not args.no_chart and results:
         title = (
             f"ferroloop benchmarks, ratio to uvloop "
-            f"({started:%Y-%m-%d %H:%M} UTC, {reps} rep(s) x {duration:g} s)"
+            f"({started:%Y-%m-%d %H:%M} UTC, {reps} rep(s) x {duration:g} s"
+            f"{', loops concurrent' if args.concurrent else ''})"
         )
         if draw_chart(results, loops, chart_path, title):
             print(f"chart:   {os.path.relpath(chart_path)}")

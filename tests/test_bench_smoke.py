@@ -149,3 +149,67 @@ def test_micro_runs_standalone(tmp_path):
     for bench in data["benchmarks"]:
         for loop in ("uvloop", "asyncio"):
             assert _is_number(bench["loops"][loop]["ops_per_sec"])
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("ferroloop_bench_run", BENCH / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_concurrent_run(tmp_path):
+    """--concurrent: the served benchmarks run every loop at once, with coinciding windows."""
+    if not (ROOT / "target" / "release" / "loadgen").exists() and shutil.which("cargo") is None:
+        pytest.skip("no loadgen binary and no cargo to build it")
+    only = "echo/protocol/unix/1KiB/c100,churn/protocol/tcp/c100,callbacks/call_soon"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--smoke", "--concurrent", "--reps", "2"]
+        + ["--only", only, "--duration", "0.5", "--out", str(tmp_path), "--no-chart"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "Concurrent run" in proc.stdout
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["concurrent"] is True
+    assert sorted(b["id"] for b in data["benchmarks"]) == sorted(only.split(","))
+    for bench in data["benchmarks"]:
+        for loop in ("ferroloop", "uvloop", "asyncio"):
+            cell = bench["loops"][loop]
+            assert cell["status"] == "ok", f"{bench['id']} on {loop}: {cell.get('reason')}"
+            assert len(cell["reps"]) == 2
+        if bench["group"] == "callbacks":
+            continue
+        for rep in range(2):
+            starts = [bench["loops"][loop]["reps"][rep]["window_start"] for loop in data["meta"]["loops"]]
+            # The windows (0.5 s each) overlap: they start within a fraction of one another.
+            assert max(starts) - min(starts) < 0.25, (bench["id"], rep, starts)
+
+
+def test_concurrent_run_survives_a_failing_loop(monkeypatch):
+    """A loop that fails before its window does not leave the others waiting for it: they
+    give up at once, their servers stopped, and each failure is reported as that loop's."""
+    if not (ROOT / "target" / "release" / "loadgen").exists():
+        pytest.skip("no loadgen binary")
+    run = _load_run_module()
+    bench = next(b for b in run.all_benchmarks() if b.id == "echo/protocol/unix/1KiB/c10")
+    runner = run.Runner(str(ROOT / "target" / "release" / "loadgen"), 0.2, 0.05, None, None, 1)
+    real = run.Runner._run_served
+
+    def failing_for_uvloop(self, bench, loop, barrier):
+        if loop == "uvloop":
+            raise run.BenchError("the server would not start")
+        return real(self, bench, loop, barrier)
+
+    monkeypatch.setattr(run.Runner, "_run_served", failing_for_uvloop)
+    monkeypatch.setattr(run, "SERVER_START_TIMEOUT", 20.0)
+    outcome = runner.run_concurrent(bench, ["ferroloop", "uvloop"])
+    assert isinstance(outcome["uvloop"], run.BenchError)
+    assert str(outcome["uvloop"]) == "the server would not start"
+    assert isinstance(outcome["ferroloop"], run.BenchError)
+    assert "another loop of this concurrent run failed" in str(outcome["ferroloop"])
