@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from asyncio import trsock
 
 import pytest
 
@@ -139,6 +140,21 @@ class Factory:
 async def close_client(transport, proto):
     transport.close()
     await proto.lost
+
+
+async def close_server(server):
+    server.close()
+    await server.wait_closed()
+
+
+def assert_accept_out_of_resources(ctx, listener, errnum):
+    """`ctx` is what the exception handler gets when accept() on `listener` runs out of
+    a resource (errno `errnum`), as asyncio reports it."""
+    assert ctx["message"] == "socket.accept() out of system resource"
+    assert isinstance(ctx["exception"], OSError)
+    assert ctx["exception"].errno == errnum
+    assert isinstance(ctx["socket"], trsock.TransportSocket)
+    assert ctx["socket"].fileno() == listener.fileno()
 
 
 def subclass_getaddrinfo(loop, infos, calls=None):

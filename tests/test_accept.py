@@ -17,7 +17,16 @@ import warnings
 import weakref
 
 import pytest
-from net_helpers import Factory, Recorder, close_client, fd_count, needs_ipv6, run
+from net_helpers import (
+    Factory,
+    Recorder,
+    assert_accept_out_of_resources,
+    close_client,
+    close_server,
+    fd_count,
+    needs_ipv6,
+    run,
+)
 
 
 async def accept_one(loop, server, factory, client_family, client_addr, bind=None):
@@ -39,8 +48,7 @@ async def echo_and_close(loop, client, sp, server):
     assert await loop.sock_recv(client, 100) == b"accepted"
     client.close()
     await sp.lost
-    server.close()
-    await server.wait_closed()
+    await close_server(server)
 
 
 def check_server_side(sp, client, listener_name, family):
@@ -126,8 +134,7 @@ def test_server_on_a_socket_subclass_uses_its_accept(loop):
             check_server_side(sp, client, name, socket.AF_INET)
             client.close()
             await sp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
     assert ListenerSubclass.accepted == 3
@@ -152,8 +159,7 @@ def test_a_burst_of_connections_is_accepted(loop):
             c.close()
         for p in factory.protocols:
             await p.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
     assert fd_count() == before
@@ -186,8 +192,7 @@ def test_protocol_factory_error_closes_the_connection(loop):
         client, sp = await accept_one(loop, server, factory, socket.AF_INET, name)
         client.close()
         await sp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
     assert contexts == []
@@ -230,8 +235,7 @@ def test_closed_connections_leave_no_reference_cycles(loop, request, no_gc):
             await sp.lost
         del t, sp
         factory.protocols.clear()
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
     alive = [r() for r in refs if r() is not None]
@@ -257,8 +261,7 @@ def test_a_client_transport_leaves_no_reference_cycle(loop, request, no_gc):
         for sp in factory.protocols:
             await sp.lost
         factory.protocols.clear()
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
     alive = [r() for r in refs if r() is not None]
@@ -338,8 +341,7 @@ def test_a_factory_that_returns_no_protocol(loop, impl, debug):
         assert await loop.sock_recv(client, 10) == b"after"
         client.close()
         await sp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
@@ -377,8 +379,7 @@ def test_extra_info_of_a_socket_subclass_comes_from_its_methods(loop):
         sp = await factory.wait_for(1)
         await close_client(t, p)
         await sp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
     assert fd_count() == before
@@ -413,10 +414,7 @@ def test_accept_running_out_of_fds_backs_off_then_serves(loop):
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         when, ctx = contexts[0]
-        assert ctx["message"] == "socket.accept() out of system resource"
-        assert isinstance(ctx["exception"], OSError)
-        assert ctx["exception"].errno == errno.EMFILE
-        assert ctx["socket"].fileno() == listener.fileno()
+        assert_accept_out_of_resources(ctx, listener, errno.EMFILE)
         sp = await asyncio.wait_for(factory.wait_for(1), 5)
         assert loop.time() - when >= 0.9
         assert loop.time() - t0 < 5
@@ -425,8 +423,7 @@ def test_accept_running_out_of_fds_backs_off_then_serves(loop):
         assert await loop.sock_recv(client, 100) == b"served"
         client.close()
         await sp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     try:
         run(loop, main())

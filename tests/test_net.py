@@ -24,7 +24,9 @@ from net_helpers import (
     Echo,
     Factory,
     Recorder,
+    assert_accept_out_of_resources,
     close_client,
+    close_server,
     fd_count,
     free_port,
     needs_ipv6,
@@ -48,11 +50,6 @@ async def echo_check(transport, proto, payload=b"ping"):
     proto.data.clear()
     transport.write(payload)
     assert await proto.read_exactly(len(payload)) == payload
-
-
-async def close_server(server):
-    server.close()
-    await server.wait_closed()
 
 
 def ssl_socket():
@@ -1160,11 +1157,7 @@ def test_accept_out_of_resources_backs_off(loop):
         while not contexts:
             await asyncio.sleep(0.01)
         when, ctx = contexts[0]
-        assert ctx["message"] == "socket.accept() out of system resource"
-        assert isinstance(ctx["exception"], OSError)
-        assert ctx["exception"].errno == errno.EMFILE
-        assert isinstance(ctx["socket"], trsock.TransportSocket)
-        assert ctx["socket"].fileno() == listener.fileno()
+        assert_accept_out_of_resources(ctx, listener, errno.EMFILE)
         # No busy loop meanwhile, and no accept before the retry delay.
         await asyncio.sleep(0.5)
         assert len(contexts) == 1
