@@ -265,10 +265,12 @@ class Runner:
         def one(name: str) -> None:
             try:
                 outcome[name] = self.run_served(bench, name, barrier)
+                return
             except BenchError as exc:
                 outcome[name] = exc
             except BaseException as exc:  # noqa: BLE001 - reported as this loop's failure
                 outcome[name] = BenchError(f"{type(exc).__name__}: {exc}")
+            barrier.abort()  # the others must not wait for a server that will not come
 
         threads = [threading.Thread(target=one, args=(name,), daemon=True) for name in loops]
         for thread in threads:
@@ -280,14 +282,6 @@ class Runner:
     def run_served(self, bench: Bench, loop: str, barrier: threading.Barrier | None = None) -> dict:
         """Runs `bench` for `loop`. With a `barrier`, the load generator starts only once
         every party's server is ready, so that concurrent runs measure the same window."""
-        try:
-            return self._run_served(bench, loop, barrier)
-        except BaseException:
-            if barrier is not None:
-                barrier.abort()  # the others must not wait for a server that will not come
-            raise
-
-    def _run_served(self, bench: Bench, loop: str, barrier: threading.Barrier | None) -> dict:
         p = bench.params
         tmp = tempfile.mkdtemp(prefix="ferroloop-bench-")
         errlog_path = os.path.join(tmp, "server.log")

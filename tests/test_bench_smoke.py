@@ -199,14 +199,14 @@ def test_concurrent_run_survives_a_failing_loop(monkeypatch):
     run = _load_run_module()
     bench = next(b for b in run.all_benchmarks() if b.id == "echo/protocol/unix/1KiB/c10")
     runner = run.Runner(str(ROOT / "target" / "release" / "loadgen"), 0.2, 0.05, None, None, 1)
-    real = run.Runner._run_served
+    real = run.Runner.run_served
 
-    def failing_for_uvloop(self, bench, loop, barrier):
+    def failing_for_uvloop(self, bench, loop, barrier=None):
         if loop == "uvloop":
             raise run.BenchError("the server would not start")
         return real(self, bench, loop, barrier)
 
-    monkeypatch.setattr(run.Runner, "_run_served", failing_for_uvloop)
+    monkeypatch.setattr(run.Runner, "run_served", failing_for_uvloop)
     monkeypatch.setattr(run, "SERVER_START_TIMEOUT", 20.0)
     outcome = runner.run_concurrent(bench, ["ferroloop", "uvloop"])
     assert isinstance(outcome["uvloop"], run.BenchError)
