@@ -190,7 +190,7 @@ impl Poller {
                 ms.min(libc::c_int::MAX as u128) as libc::c_int
             }
         };
-        syscall!(epoll_wait(epfd, buf, cap, ms)).map(|n| n as usize)
+        raw_syscall!(libc::SYS_epoll_wait, epfd, buf, cap, ms)
     }
 }
 

@@ -252,13 +252,15 @@ impl Drop for BufferView {
 }
 
 fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
-    syscall!(send(
+    raw_syscall!(
+        libc::SYS_sendto,
         fd,
-        data.as_ptr() as *const libc::c_void,
+        data.as_ptr(),
         data.len(),
-        libc::MSG_NOSIGNAL
-    ))
-    .map(|n| n as usize)
+        libc::MSG_NOSIGNAL,
+        0,
+        0
+    )
 }
 
 /// A message header with no address or control data, over `iov` (which must outlive
@@ -273,11 +275,11 @@ fn msghdr_over(iov: &[libc::iovec]) -> libc::msghdr {
 
 fn sendv(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
     let msg = msghdr_over(iov);
-    syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL)).map(|n| n as usize)
+    raw_syscall!(libc::SYS_sendmsg, fd, &msg as *const libc::msghdr, libc::MSG_NOSIGNAL)
 }
 
 fn recv(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
-    syscall!(recv(fd, buf as *mut libc::c_void, len, 0)).map(|n| n as usize)
+    raw_syscall!(libc::SYS_recvfrom, fd, buf, len, 0, 0, 0)
 }
 
 /// `recv` into memory that need not be aligned, with the bulk of the copy landing
@@ -302,7 +304,7 @@ fn recv_cache_aligned(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<us
         },
     ];
     let mut msg = msghdr_over(&iov);
-    syscall!(recvmsg(fd, &mut msg, 0)).map(|n| n as usize)
+    raw_syscall!(libc::SYS_recvmsg, fd, &mut msg as *mut libc::msghdr, 0)
 }
 
 extern "C" {
