@@ -203,10 +203,22 @@ fn would_block(e: &std::io::Error) -> bool {
 /// An `OSError` (of the subclass its errno maps to) with the C library's message, as
 /// the socket module raises it.
 pub(crate) fn io_to_pyerr(e: std::io::Error) -> PyErr {
-    PyOSError::new_err((
-        e.raw_os_error().unwrap_or(0),
-        e.to_string().split(" (os error").next().unwrap_or("").to_string(),
-    ))
+    let Some(code) = e.raw_os_error() else {
+        return PyOSError::new_err(e.to_string());
+    };
+    // As the socket module raises its errors: OSError(errno, strerror(errno)), which
+    // CPython turns into the errno's subclass (ConnectionResetError, ...). Made by
+    // CPython directly, with no formatting on our side: a peer's reset of a short
+    // connection comes through here once per connection.
+    Python::attach(|py| {
+        // SAFETY: errno is this thread's; PyErr_SetFromErrno reads it, sets the error
+        // indicator (GIL held inside `attach`) and returns NULL, and fetch takes it.
+        unsafe {
+            *libc::__errno_location() = code;
+            ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
+        }
+        PyErr::fetch(py)
+    })
 }
 
 /// A borrowed contiguous buffer of a bytes-like object.
