@@ -60,6 +60,10 @@ pub struct Event {
 /// Set once the kernel answers ENOSYS to epoll_pwait2; from then on epoll_wait is used.
 static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
 
+/// The kernel's signal set size (`_NSIG / 8`), which `epoll_pwait` checks against only
+/// when given a mask.
+const SIGSET_BYTES: usize = 8;
+
 /// The epoll instance. Registration takes `&self` (epoll_ctl is thread-safe), so the
 /// loop can change interests while its poll buffer is lent to a blocked `wait`.
 pub struct Poller {
@@ -190,7 +194,10 @@ impl Poller {
                 ms.min(libc::c_int::MAX as u128) as libc::c_int
             }
         };
-        raw_syscall!(libc::SYS_epoll_wait, epfd, buf, cap, ms)
+        // epoll_pwait with no signal mask is epoll_wait, and every architecture has it
+        // (arm64 has no epoll_wait of its own).
+        let no_mask = std::ptr::null::<libc::sigset_t>();
+        raw_syscall!(libc::SYS_epoll_pwait, epfd, buf, cap, ms, no_mask, SIGSET_BYTES)
     }
 }
 
