@@ -35,12 +35,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _expected_ids() -> list[str]:
+def _load_run_module():
     spec = importlib.util.spec_from_file_location("ferroloop_bench_run", BENCH / "run.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return [b.id for b in module.all_benchmarks()]
+    return module
+
+
+def _expected_ids() -> list[str]:
+    return [b.id for b in _load_run_module().all_benchmarks()]
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +153,6 @@ def test_micro_runs_standalone(tmp_path):
     for bench in data["benchmarks"]:
         for loop in ("uvloop", "asyncio"):
             assert _is_number(bench["loops"][loop]["ops_per_sec"])
-
-
-def _load_run_module():
-    spec = importlib.util.spec_from_file_location("ferroloop_bench_run", BENCH / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_concurrent_run(tmp_path):

@@ -57,7 +57,8 @@ pub struct Event {
     pub writable: bool,
 }
 
-/// Set once the kernel answers ENOSYS to epoll_pwait2; from then on epoll_wait is used.
+/// Set once the kernel answers ENOSYS to epoll_pwait2; from then on the millisecond poll
+/// (`epoll_pwait` with no mask) is used.
 static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
 
 /// The kernel's signal set size (`_NSIG / 8`), which `epoll_pwait` checks against only

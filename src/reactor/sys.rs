@@ -19,7 +19,7 @@ macro_rules! syscall {
 /// to a register-sized `c_long`, and turns a negative return into
 /// `io::Error::last_os_error()`.
 ///
-/// For the data path (send, recv, epoll_wait): libc's named wrappers of those calls are
+/// For the data path (send, recv and the poll): libc's named wrappers of those calls are
 /// thread cancellation points, and each call pays for switching asynchronous cancellation
 /// on and off around the syscall. Nothing in this process cancels threads, so the calls
 /// the loop makes once per message skip that.
