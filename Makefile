@@ -1,11 +1,18 @@
 # The README's commands. Each works from a fresh clone: it makes a project-local
-# virtualenv, builds ferroloop into it with the release profile, and runs.
-PYTHON ?= python3
-VENV   := .venv
-VPY    := $(VENV)/bin/python
-PIP    := $(VPY) -m pip --disable-pip-version-check -q
+# virtualenv per interpreter (.venv-X.Y), builds ferroloop into it with the
+# release profile, and runs.
+#
+# PYTHON  the interpreter of demo, bench, conformance and install (default python3).
+# PYTHONS the interpreters `make test` tests on, one after the other (default: each
+#         of CPython 3.11, 3.12 and 3.13 this machine has; tools/find-pythons.sh).
+PYTHON  ?= python3
+PYTHONS ?= $(shell tools/find-pythons.sh)
+PYVER   := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+VENV    ?= .venv-$(PYVER)
+VPY     := $(VENV)/bin/python
+PIP     := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench bench-smoke lint install venv cargo-test conformance clean
+.PHONY: demo test test-one bench bench-smoke lint install venv cargo-test conformance clean
 
 venv: $(VPY)
 $(VPY):
@@ -27,7 +34,19 @@ demo: install
 cargo-test:
 	cargo test --workspace --profile quick -q
 
-test: install $(VENV)/.test-deps cargo-test
+# The Rust tests once, then the whole pytest suite on each interpreter of PYTHONS;
+# fails at the end if any interpreter failed, naming it.
+test: cargo-test
+	@failed=""; \
+	for py in $(PYTHONS); do \
+		echo "==== make test on $$py"; \
+		$(MAKE) --no-print-directory test-one PYTHON=$$py || failed="$$failed $$py"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make test failed on:$$failed"; exit 1; fi; \
+	echo "make test passed on: $(PYTHONS)"
+
+# The pytest suite on PYTHON alone.
+test-one: install $(VENV)/.test-deps
 	$(VPY) -m pytest tests
 
 conformance: install $(VENV)/.test-deps
@@ -46,4 +65,4 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf .venv .venv-* target

@@ -167,6 +167,13 @@ fn asyncio_events(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     py.import(intern!(py, "asyncio.events"))
 }
 
+/// Whether `create_task` passes its keyword arguments through to the task factory
+/// and `asyncio.Task` (asyncio 3.13.3 and later) rather than taking only `name` and
+/// `context`.
+fn task_kwargs_pass_through(py: Python<'_>) -> bool {
+    crate::pyversion::at_least(py, (3, 13, 3))
+}
+
 fn thread_ident() -> u64 {
     // SAFETY: pthread_self(3) always succeeds.
     unsafe { libc::pthread_self() as u64 }
@@ -1022,34 +1029,71 @@ impl LoopCore {
         Ok(py_attr!(py, "asyncio", "Future")?.call((), Some(&kwargs))?.unbind())
     }
 
-    #[pyo3(signature = (coro, *, name=None, context=None))]
+    /// `create_task(coro, *, name=None, context=None)`, and from Python 3.13.3 on
+    /// `create_task(coro, **kwargs)`: the keyword arguments go to the task factory, or
+    /// to `asyncio.Task` (`eager_start` among them), as that version's asyncio passes
+    /// them.
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task(
         slf: &Bound<'_, Self>,
         coro: &Bound<'_, PyAny>,
-        name: Option<&Bound<'_, PyAny>>,
-        context: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
         let factory = this.state.borrow(py).task_factory.as_ref().map(|f| f.clone_ref(py));
+        if task_kwargs_pass_through(py) {
+            return match factory {
+                Some(factory) => Ok(factory.bind(py).call((slf, coro), kwargs)?.unbind()),
+                None => {
+                    let all = match kwargs {
+                        Some(k) => {
+                            if k.contains(intern!(py, "loop"))? {
+                                return Err(PyTypeError::new_err(
+                                    "create_task() got multiple values for keyword argument 'loop'",
+                                ));
+                            }
+                            k.copy()?
+                        }
+                        None => PyDict::new(py),
+                    };
+                    all.set_item(intern!(py, "loop"), slf)?;
+                    Ok(py_attr!(py, "asyncio", "Task")?.call((coro,), Some(&all))?.unbind())
+                }
+            };
+        }
+        let (mut name, mut context) = (None, None);
+        if let Some(k) = kwargs {
+            for (key, value) in k.iter() {
+                match key.extract::<&str>()? {
+                    "name" => name = Some(value),
+                    "context" => context = Some(value),
+                    other => {
+                        return Err(PyTypeError::new_err(format!(
+                            "create_task() got an unexpected keyword argument '{other}'"
+                        )))
+                    }
+                }
+            }
+        }
         let name = name.filter(|n| !n.is_none());
         let context = context.filter(|c| !c.is_none());
         match factory {
             None => {
                 let kwargs = PyDict::new(py);
                 kwargs.set_item(intern!(py, "loop"), slf)?;
-                if let Some(n) = name {
+                if let Some(n) = &name {
                     kwargs.set_item(intern!(py, "name"), n)?;
                 }
-                if let Some(c) = context {
+                if let Some(c) = &context {
                     kwargs.set_item(intern!(py, "context"), c)?;
                 }
                 let task = py_attr!(py, "asyncio", "Task")?.call((coro,), Some(&kwargs))?;
                 Ok(task.unbind())
             }
             Some(factory) => {
-                let task = match context {
+                let task = match &context {
                     None => factory.bind(py).call1((slf, coro))?,
                     Some(c) => {
                         let kwargs = PyDict::new(py);
@@ -1057,7 +1101,7 @@ impl LoopCore {
                         factory.bind(py).call((slf, coro), Some(&kwargs))?
                     }
                 };
-                if let Some(n) = name {
+                if let Some(n) = &name {
                     if let Ok(set_name) = task.getattr(intern!(py, "set_name")) {
                         set_name.call1((n,))?;
                     }

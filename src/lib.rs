@@ -10,6 +10,7 @@ mod fastcall;
 mod gil;
 mod handle_mem;
 mod handles;
+mod pyversion;
 mod transports;
 
 use pyo3::prelude::*;

@@ -9,6 +9,7 @@ import logging
 import threading
 
 import pytest
+from versions import repr_args
 
 
 def run_one_batch(loop):
@@ -50,7 +51,8 @@ def test_exception_in_callback_goes_to_the_handler(loop):
     assert handler_loop is loop
     assert set(context) == {"message", "exception", "handle"}
     assert context["message"] == (
-        f"Exception in callback raise_value_error(1, 'x') at {source_of(raise_value_error)}"
+        "Exception in callback raise_value_error(" + repr_args("1, 'x'") + ")"
+        f" at {source_of(raise_value_error)}"
     )
     assert type(context["exception"]) is ValueError
     assert str(context["exception"]) == "callback failed"
@@ -71,7 +73,7 @@ def test_handler_sees_the_whole_handle_of_a_callback_nobody_kept(loop):
     run_one_batch(loop)
     assert seen == [
         (
-            f"<Handle raise_value_error(7) at {source_of(raise_value_error)}>",
+            f"<Handle raise_value_error({repr_args('7')}) at {source_of(raise_value_error)}>",
             raise_value_error,
             (7,),
             False,
@@ -94,10 +96,14 @@ def test_handler_sees_the_whole_handle_of_an_unkept_callback_given_a_context(loo
     loop.call_later(0, raise_value_error, 9, context=contextvars.copy_context())
     loop.run_until_complete(asyncio.sleep(0.01))
     src = source_of(raise_value_error)
-    assert seen[0] == (f"<Handle raise_value_error(8) at {src}>", raise_value_error, (8,))
+    assert seen[0] == (
+        f"<Handle raise_value_error({repr_args('8')}) at {src}>",
+        raise_value_error,
+        (8,),
+    )
     assert seen[1][1:] == (raise_value_error, (9,))
     assert seen[1][0].startswith("<TimerHandle when=") and seen[1][0].endswith(
-        f" raise_value_error(9) at {src}>"
+        f" raise_value_error({repr_args('9')}) at {src}>"
     )
 
 

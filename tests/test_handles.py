@@ -8,6 +8,7 @@ import functools
 import re
 
 import pytest
+from versions import repr_args
 
 
 def callback(*args, **kwargs):
@@ -26,20 +27,22 @@ def src(func):
 
 CALLBACK_CASES = {
     "function": (callback, (), f"callback() at {src(callback)}"),
-    "function-with-args": (callback, (1, "x", None), f"callback(1, 'x', None) at {src(callback)}"),
+    "function-with-args": (callback, (1, "x", None), "callback(" + repr_args("1, 'x', None") + f") at {src(callback)}"),
     # No source location for bound methods or builtins.
     "bound-method": (Owner().method, (), "Owner.method()"),
     "builtin": (print, (), "print()"),
     "partial": (
         functools.partial(callback, 1, k=2),
         (3,),
-        f"callback(1, k=2)(3) at {src(callback)}",
+        f"callback({repr_args('1, k=2')})({repr_args('3')}) at {src(callback)}",
     ),
     "lambda": (lambda: None, (), None),  # checked against the oracle only
     "long-args": (
         callback,
         ("x" * 100, list(range(100))),
-        f"callback('xxxxxxxxxxxx...xxxxxxxxxxxxx', [0, 1, 2, 3, 4, 5, ...]) at {src(callback)}",
+        "callback("
+        + repr_args("'xxxxxxxxxxxx...xxxxxxxxxxxxx', [0, 1, 2, 3, 4, 5, ...]")
+        + f") at {src(callback)}",
     ),
 }
 
@@ -79,7 +82,7 @@ def test_timer_handle_repr(loop, oracle_loop, case):
 
 def test_timer_handle_repr_from_call_later(loop):
     h = loop.call_later(10, callback, 7)
-    assert repr(h) == f"<TimerHandle when={h.when()!r} callback(7) at {src(callback)}>"
+    assert repr(h) == f"<TimerHandle when={h.when()!r} callback({repr_args('7')}) at {src(callback)}>"
     h.cancel()
 
 
@@ -90,7 +93,7 @@ def test_handle_repr_after_it_ran(loop, oracle_loop):
         lp.call_soon(lp.stop)
         lp.run_forever()
         reprs.append(repr(h))
-    assert reprs[0] == reprs[1] == f"<Handle callback('ran') at {src(callback)}>"
+    assert reprs[0] == reprs[1] == f"<Handle callback({repr_args(repr('ran'))}) at {src(callback)}>"
 
 
 def test_debug_mode_reprs_show_where_the_handle_was_created(loop):

@@ -19,6 +19,18 @@ import warnings
 from asyncio import trsock
 
 import pytest
+from versions import PY312, PY313
+
+# asyncio 3.12.1 fixed Server.wait_closed() to wait for the connections of a closed
+# server.
+WAIT_CLOSED_WAITS_FOR_CONNECTIONS = sys.version_info >= (3, 12, 1)
+
+# The tail of asyncio's "error while attempting to bind" message (3.13 puts the
+# whole str() of the OSError there, errno included).
+BIND_IN_USE = (
+    f"[errno {errno.EADDRINUSE}] address already in use" if PY313 else "address already in use"
+)
+
 from net_helpers import (
     HAS_IPV6,
     Echo,
@@ -205,7 +217,7 @@ def test_create_connection_local_addr_in_use(loop):
         assert info.value.errno == errno.EADDRINUSE
         assert str(info.value) == (
             f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address "
-            f"{addr!r}: address already in use"
+            f"{addr!r}: {BIND_IN_USE}"
         )
         await close_server(server)
 
@@ -833,7 +845,7 @@ def test_create_server_address_in_use(loop):
         assert info.value.errno == errno.EADDRINUSE
         assert str(info.value) == (
             f"[Errno {errno.EADDRINUSE}] error while attempting to bind on address "
-            f"{addr!r}: address already in use"
+            f"{addr!r}: {BIND_IN_USE}"
         )
         assert info.value.__cause__ is None and info.value.__suppress_context__
         # A failed bind in a multi-host server closes the sockets already made.
@@ -997,13 +1009,17 @@ def test_wait_closed_waits_for_connections(loop):
         await settle()
         # Closed, but a connection is still attached.
         assert not waiter.done()
-        # (asyncio 3.11: wait_closed() called after close() returns at once.)
-        await asyncio.wait_for(server.wait_closed(), 1)
+        late = loop.create_task(server.wait_closed())
+        await settle()
+        # asyncio 3.11: wait_closed() called after close() returns at once; from 3.12.1
+        # it waits for the connections too.
+        assert late.done() is not WAIT_CLOSED_WAITS_FOR_CONNECTIONS
         await echo_check(t, p)  # the connection outlives its server's close()
         await close_client(t, p)
         await sp.lost
         await asyncio.wait_for(waiter, 5)
         assert waiter.result() is None
+        await asyncio.wait_for(late, 5)
 
     run(loop, main())
     assert fd_count() == before

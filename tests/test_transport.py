@@ -15,6 +15,7 @@ import socket
 from asyncio import trsock
 
 import pytest
+from versions import PY312
 from net_helpers import run, settle
 from transport_helpers import (
     DEFAULT_LIMITS,
@@ -140,7 +141,7 @@ def test_write_queues_only_the_remainder(loop, kind):
     run(loop, main())
 
 
-def test_write_of_empty_data_does_nothing(loop):
+def test_write_of_empty_data_does_nothing(loop, impl):
     async def main():
         t, p, peer = await make_transport(loop, lambda: Proto(loop), "unix", sndbuf=SMALL_BUF)
         for empty in (b"", bytearray(), memoryview(b""), memoryview(b"abc")[3:]):
@@ -155,7 +156,10 @@ def test_write_of_empty_data_does_nothing(loop):
         size = t.get_write_buffer_size()
         t.write(b"")
         t.writelines([b""])
-        assert t.get_write_buffer_size() == size
+        if not (PY312 and impl == "asyncio"):
+            # (asyncio 3.12+'s writelines() tries a send at once even with data queued,
+            # so its queue may shrink here.)
+            assert t.get_write_buffer_size() == size
         assert p.events == ["made"]
         t.abort()
         await p.lost
@@ -239,7 +243,16 @@ def test_write_of_a_memoryview_with_a_wider_format_sends_its_bytes(loop):
     run(loop, main())
 
 
-def test_queued_mutable_buffers_are_copied(loop):
+def test_queued_mutable_buffers_are_copied(loop, request):
+    if PY312 and "asyncio" in request.node.callspec.id:
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="asyncio 3.12+ queues memoryviews of the caller's buffers: a change "
+                "made after write() is what gets sent",
+                strict=True,
+            )
+        )
+
     async def main():
         t, p, peer = await make_transport(
             loop, lambda: Proto(loop), "unix", sndbuf=SMALL_BUF, peer_rcvbuf=SMALL_BUF
@@ -319,7 +332,8 @@ def test_write_eof_peer_sees_eof_and_we_can_still_read(loop, kind):
         assert await p.wait_data(8) == b"response"
         with pytest.raises(RuntimeError, match=r"^Cannot call write\(\) after write_eof\(\)$"):
             t.write(b"more")
-        with pytest.raises(RuntimeError, match=r"^Cannot call write\(\) after write_eof\(\)$"):
+        name = "writelines" if PY312 else "write"  # 3.12+ names writelines()
+        with pytest.raises(RuntimeError, match=rf"^Cannot call {name}\(\) after write_eof\(\)$"):
             t.writelines([b"more"])
         # The write_eof() check comes before the empty-data check.
         with pytest.raises(RuntimeError, match=r"^Cannot call write\(\) after write_eof\(\)$"):

@@ -20,6 +20,7 @@ import warnings
 import weakref
 
 import pytest
+from versions import ARGS_IN_REPR, PY312
 from net_helpers import Echo, Factory, free_port, run, settle
 from transport_helpers import (
     MIB,
@@ -189,7 +190,10 @@ async def _writes_after_close(loop, wait_lost):
             t.write(b"x")  # never raises
             mark = {"msg": f"write {i + 1}", "levelname": "MARK", "levelno": 99}
             logs.records.append(logging.makeLogRecord(mark))
-        t.writelines([b"y"])
+        if not PY312:
+            # (asyncio 3.12+'s writelines() after close() raises TypeError from inside
+            # the transport: a bug of its own, not compared here.)
+            t.writelines([b"y"])
     await p.lost
     assert peer_recv_now(peer) == b""  # EOF, none of the writes went out
     peer.close()
@@ -204,7 +208,9 @@ def test_writes_after_close_are_dropped_and_logged_past_the_threshold(loop, orac
     # asyncio: close() counts as the first lost write; the 5th write warns.
     assert expected == (
         [],
-        marks[:4] + [x for i in range(4, 10) for x in (warning, marks[i])] + [warning],
+        marks[:4]
+        + [x for i in range(4, 10) for x in (warning, marks[i])]
+        + ([] if PY312 else [warning]),
     )
     assert got == expected
 
@@ -297,13 +303,20 @@ def test_write_of_a_non_bytes_like_object(loop, data, name):
     run(loop, main())
 
 
+def _not_bytes_like(index: int, name: str) -> str:
+    # asyncio 3.11 joins the items with b"".join(); 3.12+ takes memoryview() of each.
+    if PY312:
+        return f"memoryview: a bytes-like object is required, not '{name}'"
+    return f"sequence item {index}: expected a bytes-like object, {name} found"
+
+
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (["text"], "sequence item 0: expected a bytes-like object, str found"),
-        ([b"ok", 7], "sequence item 1: expected a bytes-like object, int found"),
-        ("ab", "sequence item 0: expected a bytes-like object, str found"),
-        ([b"ok", None, "x"], "sequence item 1: expected a bytes-like object, NoneType found"),
+        (["text"], _not_bytes_like(0, "str")),
+        ([b"ok", 7], _not_bytes_like(1, "int")),
+        ("ab", _not_bytes_like(0, "str")),
+        ([b"ok", None, "x"], _not_bytes_like(1, "NoneType")),
     ],
     ids=["str-item", "int-item", "str", "None-item"],
 )
@@ -326,17 +339,27 @@ def test_writelines_with_a_non_bytes_like_item(loop, lines, message):
 
 async def _writelines_not_iterable(loop):
     t, p, peer = await make_transport(loop, lambda: Proto(loop))
-    with pytest.raises(TypeError) as info:
-        t.writelines(None)
+    messages = []
+    for arg in (None, 7):
+        try:
+            t.writelines(arg)
+        except TypeError as exc:
+            messages.append(str(exc))
+        else:
+            messages.append(None)
     t.close()
     await p.lost
     peer.close()
-    return str(info.value)
+    return messages
 
 
 def test_writelines_of_a_non_iterable(loop, oracle_loop, request):
     got, expected = both(loop, oracle_loop, _writelines_not_iterable)
-    assert expected == "can only join an iterable"
+    if PY312:
+        # An empty (falsy) argument is nothing to write; anything else is iterated.
+        assert expected == [None, "'int' object is not iterable"]
+    else:
+        assert expected == ["can only join an iterable"] * 2
     assert got == expected
 
 
@@ -344,10 +367,16 @@ def test_write_after_write_eof(loop):
     async def main():
         t, p, peer = await make_transport(loop, lambda: Proto(loop))
         t.write_eof()
-        for call in (lambda: t.write(b"x"), lambda: t.writelines([b"x"]), lambda: t.write(b"")):
+        calls = {
+            "write": lambda: t.write(b"x"),
+            # asyncio 3.12+ names writelines() in its message.
+            "writelines" if PY312 else "write": lambda: t.writelines([b"x"]),
+            "write ": lambda: t.write(b""),
+        }
+        for name, call in calls.items():
             with pytest.raises(RuntimeError) as info:
                 call()
-            assert str(info.value) == "Cannot call write() after write_eof()"
+            assert str(info.value) == f"Cannot call {name.strip()}() after write_eof()"
         assert await peer_read_to_eof(loop, peer) == b""
         t.close()
         await p.lost
@@ -596,7 +625,8 @@ def test_connection_made_raising(loop):
         ctx = contexts[0]
         assert set(ctx) == {"message", "exception", "handle"}
         callback = r"test_connection_made_raising\.<locals>\.Raising\.connection_made"
-        assert re.fullmatch(rf"Exception in callback {callback}\(<.*>\)", ctx["message"])
+        args = r"<.*>" if ARGS_IN_REPR else ""
+        assert re.fullmatch(rf"Exception in callback {callback}\({args}\)", ctx["message"])
         assert isinstance(ctx["exception"], Boom)
         # The transport is not closed: it reads and writes as usual.
         assert not t.is_closing()

@@ -27,6 +27,7 @@ import sys
 from asyncio import staggered, trsock
 from asyncio.log import logger
 
+from ferroloop._compat import PY313, bind_error_text
 from ferroloop._core import Acceptor
 
 try:
@@ -143,135 +144,27 @@ def _interleave_addrinfos(addrinfos, first_address_family_count=1):
 # ---- the server ----
 
 
-class Server(asyncio.AbstractServer):
-    """A listening server: what ``create_server`` and ``create_unix_server`` return."""
-
-    def __init__(
-        self,
-        loop,
-        sockets,
-        protocol_factory,
-        ssl_context,
-        backlog,
-        ssl_handshake_timeout,
-        ssl_shutdown_timeout=None,
-    ):
-        self._loop = loop
-        self._sockets = sockets
-        self._active_count = 0
-        self._waiters = []
-        self._protocol_factory = protocol_factory
-        self._backlog = backlog
-        self._ssl_context = ssl_context
-        self._ssl_handshake_timeout = ssl_handshake_timeout
-        self._ssl_shutdown_timeout = ssl_shutdown_timeout
-        self._serving = False
-        self._serving_forever_fut = None
-
-    def __repr__(self) -> str:
-        return f"<{self.__class__.__name__} sockets={self.sockets!r}>"
-
-    # Called by the transports of the accepted connections.
-
-    def _attach(self) -> None:
-        assert self._sockets is not None
-        self._active_count += 1
-
-    def _detach(self) -> None:
-        assert self._active_count > 0
-        self._active_count -= 1
-        if self._active_count == 0 and self._sockets is None:
-            self._wakeup()
-
-    def _wakeup(self) -> None:
-        waiters = self._waiters
-        self._waiters = None
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(waiter)
-
-    def _start_serving(self) -> None:
-        if self._serving:
-            return
-        self._serving = True
-        for sock in self._sockets:
-            sock.listen(self._backlog)
-            self._loop._start_serving(
-                self._protocol_factory,
-                sock,
-                self._ssl_context,
-                self,
-                self._backlog,
-                self._ssl_handshake_timeout,
-                self._ssl_shutdown_timeout,
-            )
-
-    def get_loop(self):
-        return self._loop
-
-    def is_serving(self) -> bool:
-        return self._serving
-
-    @property
-    def sockets(self):
-        if self._sockets is None:
-            return ()
-        return tuple(trsock.TransportSocket(s) for s in self._sockets)
-
-    def close(self) -> None:
-        sockets = self._sockets
-        if sockets is None:
-            return
-        self._sockets = None
-
-        for sock in sockets:
-            self._loop._stop_serving(sock)
-
-        self._serving = False
-
-        if self._serving_forever_fut is not None and not self._serving_forever_fut.done():
-            self._serving_forever_fut.cancel()
-            self._serving_forever_fut = None
-
-        if self._active_count == 0:
-            self._wakeup()
-
-    async def start_serving(self) -> None:
-        self._start_serving()
-        # Skip one loop iteration so that the add_reader() calls go through.
-        await asyncio.sleep(0)
-
-    async def serve_forever(self) -> None:
-        if self._serving_forever_fut is not None:
-            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
-        if self._sockets is None:
-            raise RuntimeError(f"server {self!r} is closed")
-
-        self._start_serving()
-        self._serving_forever_fut = self._loop.create_future()
-
-        try:
-            await self._serving_forever_fut
-        except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
-        finally:
-            self._serving_forever_fut = None
-
-    async def wait_closed(self) -> None:
-        # As in asyncio 3.11: returns at once when the server is already closed,
-        # even if connections are still attached.
-        if self._sockets is None or self._waiters is None:
-            return
-        waiter = self._loop.create_future()
-        self._waiters.append(waiter)
-        await waiter
+# The server object is asyncio's own: it only calls the loop's _start_serving and
+# _stop_serving and is told of each connection by its transport (_attach/_detach),
+# so each Python version's server semantics (wait_closed as 3.12.1 fixed it,
+# close_clients/abort_clients in 3.13) come with that version.
+Server = asyncio.base_events.Server
 
 
 # ---- the loop methods ----
+
+_UNSET = object()
+
+
+def _since_313(method: str, name: str, value, default):
+    """A keyword argument asyncio added in 3.13: its default there; refused
+    before, as a function without that parameter refuses it."""
+    if value is _UNSET:
+        return default
+    if not PY313:
+        raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+    return value
+
 
 
 class NetworkMixin:
@@ -512,7 +405,7 @@ class NetworkMixin:
                         msg = (
                             f"error while attempting to bind on "
                             f"address {laddr!r}: "
-                            f"{exc.strerror.lower()}"
+                            f"{bind_error_text(exc)}"
                         )
                         exc = OSError(exc.errno, msg)
                         my_exceptions.append(exc)
@@ -817,6 +710,7 @@ class NetworkMixin:
         ssl=None,
         reuse_address=None,
         reuse_port=None,
+        keep_alive=_UNSET,
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
         start_serving=True,
@@ -824,7 +718,9 @@ class NetworkMixin:
         """Create a TCP server bound to ``host`` (a name, or a sequence of them) and ``port``.
 
         A host that several names resolve to is bound once. Returns a ``Server``.
+        ``keep_alive`` (Python 3.13+) sets SO_KEEPALIVE on the listening sockets.
         """
+        keep_alive = _since_313("create_server", "keep_alive", keep_alive, None)
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
 
@@ -891,6 +787,8 @@ class NetworkMixin:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
                     if reuse_port:
                         _set_reuseport(sock)
+                    if keep_alive:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
                     # No dual stack (Linux's default): an AF_INET6 socket listens
                     # on IPv6 only.
                     if _HAS_IPv6 and af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
@@ -901,7 +799,7 @@ class NetworkMixin:
                         raise OSError(
                             err.errno,
                             "error while attempting "
-                            "to bind on address %r: %s" % (sa, err.strerror.lower()),
+                            "to bind on address %r: %s" % (sa, bind_error_text(err)),
                         ) from None
                 completed = True
             finally:
@@ -947,12 +845,16 @@ class NetworkMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
         start_serving=True,
+        cleanup_socket=_UNSET,
     ):
         """Create a server listening on the Unix socket ``path`` (or on ``sock``).
 
         A stale socket file at ``path`` is removed first; a name starting with NUL
-        is in the abstract namespace.
+        is in the abstract namespace. With ``cleanup_socket`` (Python 3.13+, on by
+        default there) the socket file is removed when the server closes, unless it
+        was replaced meanwhile.
         """
+        cleanup_socket = _since_313("create_unix_server", "cleanup_socket", cleanup_socket, True)
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
 
@@ -1010,6 +912,15 @@ class NetworkMixin:
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
 
+        if cleanup_socket:
+            name = sock.getsockname()
+            # Not for an abstract name (str or bytes) or an unnamed socket.
+            if name and name[0] not in (0, "\x00"):
+                try:
+                    self._unix_server_inodes[sock] = os.stat(name).st_ino
+                except FileNotFoundError:
+                    pass
+
         sock.setblocking(False)
         server = Server(
             self,
@@ -1054,9 +965,28 @@ class NetworkMixin:
             return
         self._start_serving(protocol_factory, sock, None, server, backlog)
 
+    @property
+    def _unix_server_inodes(self) -> dict:
+        """Listening Unix sockets whose file goes when they close: socket -> inode."""
+        inodes = self.__dict__.get("_unix_server_inode_map")
+        if inodes is None:
+            inodes = self.__dict__["_unix_server_inode_map"] = {}
+        return inodes
+
     def _stop_serving(self, sock) -> None:
+        inodes = self.__dict__.get("_unix_server_inode_map")
+        path = sock.getsockname() if inodes and sock in inodes else None
         self.remove_reader(sock.fileno())
         sock.close()
+        if path is not None:
+            inode = inodes.pop(sock)
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _accept_failed(self, exc, protocol_factory, sock, server, backlog) -> None:
         """accept() failed with something other than an empty queue (from Acceptor)."""

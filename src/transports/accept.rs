@@ -249,6 +249,14 @@ pub(crate) fn make_socket_transport<'py>(
     facade.setattr(intern!(py, "_extra"), &extra)?;
     let core = Bound::new(py, StreamTransport::new(loop_, sock, protocol, Some(&facade), server)?)?;
     facade.setattr(intern!(py, "_core"), &core)?;
+    if let Some(s) = server {
+        // asyncio 3.13's Server keeps its clients (close_clients/abort_clients).
+        if crate::pyversion::at_least(py, (3, 13, 0)) {
+            s.call_method1(intern!(py, "_attach"), (&facade,))?;
+        } else {
+            s.call_method0(intern!(py, "_attach"))?;
+        }
+    }
     // Nearly every protocol writes: fill that slot now rather than on first use.
     facade.setattr(intern!(py, "write"), core.getattr(intern!(py, "write"))?)?;
     StreamTransport::register(&core)?;

@@ -775,6 +775,30 @@ impl StreamTransport {
         }
     }
 
+    /// asyncio 3.12's writelines(): refused after write_eof(); an empty (falsy) argument
+    /// does nothing; each item is taken as `memoryview(item)`, with its errors.
+    fn writelines_312(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().state.borrow(py).eof {
+            return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+        }
+        if !list_of_data.is_truthy()? {
+            return Ok(());
+        }
+        let mut views = Vec::new();
+        let mut objs = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            let view = BufferView::get(&item, false).map_err(|_| {
+                let name = item.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                PyTypeError::new_err(format!("memoryview: a bytes-like object is required, not '{name}'"))
+            })?;
+            views.push(view);
+            objs.push(item);
+        }
+        Self::write_buffers(slf, &views, &objs)
+    }
+
     /// What write() and writelines() share once the data is known to be bytes-like:
     /// the checks, then send now or queue.
     fn write_buffers(slf: &Bound<'_, Self>, views: &[BufferView], objs: &[Bound<'_, PyAny>]) -> PyResult<()> {
@@ -890,11 +914,19 @@ impl StreamTransport {
             Some(s) => close_socket(s.bind(py)),
             None => Ok(()),
         };
-        drop((loop_, sock, protocol, cbs, facade));
+        // asyncio 3.13's Server keeps its clients (for close_clients/abort_clients)
+        // and is told which one leaves; before 3.13 it only counts them.
         let detached = match server {
+            Some(s) if crate::pyversion::at_least(py, (3, 13, 0)) => {
+                let who = facade
+                    .as_ref()
+                    .map_or_else(|| slf.clone().into_any(), |f| f.bind(py).clone());
+                s.bind(py).call_method1(intern!(py, "_detach"), (who,)).map(drop)
+            }
             Some(s) => s.bind(py).call_method0(intern!(py, "_detach")).map(drop),
             None => Ok(()),
         };
+        drop((loop_, sock, protocol, cbs, facade));
         result.and(closed).and(detached)
     }
 }
@@ -951,9 +983,6 @@ impl StreamTransport {
             }),
         };
         t.install_protocol(protocol)?;
-        if let Some(s) = server {
-            s.call_method0("_attach")?;
-        }
         Ok(t)
     }
 
@@ -982,8 +1011,11 @@ impl StreamTransport {
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        // asyncio's writelines() is write(b"".join(list_of_data)): any iterable of objects
-        // with the buffer protocol, and join's errors.
+        if crate::pyversion::at_least(slf.py(), (3, 12, 0)) {
+            return Self::writelines_312(slf, list_of_data);
+        }
+        // asyncio 3.11's writelines() is write(b"".join(list_of_data)): any iterable of
+        // objects with the buffer protocol, and join's errors.
         let items = list_of_data
             .try_iter()
             .map_err(|_| PyTypeError::new_err("can only join an iterable"))?;
