@@ -4,15 +4,16 @@
 #
 # PYTHON  the interpreter of demo, bench, conformance and install (default python3).
 # PYTHONS the interpreters `make test` tests on, one after the other (default: each
-#         of CPython 3.11, 3.12 and 3.13 this machine has; tools/find-pythons.sh).
+#         of CPython 3.11, 3.12 and 3.13 this machine has, by tools/find-pythons.sh;
+#         PYTHON when it finds none).
 PYTHON  ?= python3
-PYTHONS ?= $(shell tools/find-pythons.sh)
+PYTHONS ?= $(or $(shell tools/find-pythons.sh 3.11 3.12 3.13 2>/dev/null),$(PYTHON))
 PYVER   := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 VENV    ?= .venv-$(PYVER)
 VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-one bench bench-smoke lint install venv cargo-test conformance clean
+.PHONY: demo test test-one bench bench-smoke lint install venv cargo-test conformance wheels clean
 
 venv: $(VPY)
 $(VPY):
@@ -64,5 +65,44 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# Wheels: a manylinux wheel for each CPython of PY_VERSIONS found here (tools/find-pythons.sh
+# says which are missing), built by maturin with zig against glibc 2.17 (manylinux2014), so
+# they install on glibc 2.17 and newer; and for each target of CROSS_TARGETS whose Rust
+# target is installed or can be added, cross-built for every version of PY_VERSIONS. Then
+# tools/check_wheels.py audits each wheel (auditwheel show) and installs and runs the native
+# ones, each in a fresh virtualenv of its interpreter without a Rust toolchain on PATH.
+# `make wheels CROSS_TARGETS=` builds the native wheels only.
+PY_VERSIONS   ?= 3.11 3.12 3.13
+CROSS_TARGETS ?= aarch64-unknown-linux-gnu
+WVENV         := .venv-wheels
+WVPY          := $(WVENV)/bin/python
+MATURIN_BUILD := CARGO_ZIGBUILD_PYTHON_PATH=$(CURDIR)/$(WVPY) nice -n 10 $(WVENV)/bin/maturin \
+                 build --release --zig --compatibility manylinux2014 --out dist
+
+$(WVENV)/.deps: tools/wheel-requirements.txt
+	$(PYTHON) -m venv $(WVENV)
+	$(WVPY) -m pip --disable-pip-version-check -q install -r tools/wheel-requirements.txt
+	touch $@
+
+wheels: $(WVENV)/.deps
+	@set -e; \
+	pythons=$$(tools/find-pythons.sh $(PY_VERSIONS)) || { \
+	  echo "make wheels: found no CPython of $(PY_VERSIONS)" >&2; exit 1; }; \
+	echo "make wheels: native wheels for:" $$pythons; \
+	rm -f dist/ferroloop-*.whl; \
+	$(MATURIN_BUILD) -i $$pythons; \
+	host=$$(rustc -vV | sed -n 's/^host: //p'); \
+	for t in $(CROSS_TARGETS); do \
+	  [ "$$t" != "$$host" ] || continue; \
+	  if ! rustup target list --installed 2>/dev/null | grep -qx "$$t" && \
+	     ! RUST_BACKTRACE=0 timeout 300 rustup target add "$$t"; then \
+	    echo "make wheels: SKIPPING $$t wheels: Rust target $$t is not installed and" \
+	         "'rustup target add $$t' failed" >&2; continue; fi; \
+	  echo "make wheels: cross-building $$t wheels for Python $(PY_VERSIONS)"; \
+	  $(MATURIN_BUILD) --target "$$t" -i $(addprefix python,$(PY_VERSIONS)); \
+	done; \
+	$(WVPY) tools/check_wheels.py --auditwheel $(WVENV)/bin/auditwheel --versions "$(PY_VERSIONS)" \
+	  $$(for p in $$pythons; do echo --python $$p; done) dist/ferroloop-*.whl
+
 clean:
-	rm -rf .venv .venv-* target
+	rm -rf .venv .venv-* target dist

@@ -1,28 +1,52 @@
 #!/bin/sh
-# Prints the CPython interpreters ferroloop is tested on that this machine has,
-# one path per line: for each version asked (default 3.11 3.12 3.13), `pythonX.Y`
-# on PATH if it runs, else pyenv's newest X.Y if pyenv has one, else `python3`
-# if that is X.Y. Versions not found are left out; with none found, `python3`.
-# Usage: tools/find-pythons.sh [X.Y ...]
-versions=${*:-3.11 3.12 3.13}
-found=""
-for v in $versions; do
-    py=""
-    if command -v "python$v" >/dev/null 2>&1 && "python$v" -c pass >/dev/null 2>&1; then
-        py=$(command -v "python$v")
-    elif command -v pyenv >/dev/null 2>&1; then
-        release=$(pyenv versions --bare 2>/dev/null | grep -E "^$v\.[0-9]+$" | sort -t. -k3 -n | tail -1)
-        if [ -n "$release" ]; then
-            candidate="$(pyenv prefix "$release" 2>/dev/null)/bin/python$v"
-            [ -x "$candidate" ] && py=$candidate
+# Finds a CPython interpreter for each version asked for (e.g. `tools/find-pythons.sh 3.11 3.12`)
+# and prints their real paths, one a line, in the order asked. Used by `make wheels`.
+#
+# For version X.Y it tries, in turn: `pythonX.Y` and `python3` on PATH (if they run and are
+# X.Y), then pyenv's newest installed X.Y.* (through `pyenv prefix`, so pyenv shims need not be
+# global). The path printed is the interpreter's own `sys.executable`, not a shim, so it
+# still works with a minimal PATH. A version not found is named on stderr; the exit status is
+# 0 if any was found, 1 if none was.
+set -u
+
+# Prints the interpreter's real path if $1 runs and is version $2; fails otherwise.
+is_version() {
+    "$1" -c 'import sys
+if "%d.%d" % sys.version_info[:2] != sys.argv[1]: sys.exit(1)
+print(sys.executable)' "$2" 2>/dev/null
+}
+
+found_any=1
+missing=""
+for v in "$@"; do
+    path=""
+    for cand in "python$v" python3; do
+        command -v "$cand" >/dev/null 2>&1 || continue
+        if path=$(is_version "$cand" "$v") && [ -n "$path" ]; then
+            break
         fi
+        path=""
+    done
+    if [ -z "$path" ] && command -v pyenv >/dev/null 2>&1; then
+        # Newest installed X.Y.* first (skips X.Y-dev, X.Yt and the like).
+        pattern="^$(echo "$v" | sed 's/\./\\./g')\.[0-9]+\$"
+        for pv in $(pyenv versions --bare 2>/dev/null | grep -E "$pattern" | sort -t. -k3,3nr); do
+            prefix=$(pyenv prefix "$pv" 2>/dev/null) || continue
+            if path=$(is_version "$prefix/bin/python$v" "$v") && [ -n "$path" ]; then
+                break
+            fi
+            path=""
+        done
     fi
-    if [ -z "$py" ] && command -v python3 >/dev/null 2>&1; then
-        if [ "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$v" ]; then
-            py=$(command -v python3)
-        fi
+    if [ -n "$path" ]; then
+        echo "$path"
+        found_any=0
+    else
+        missing="$missing $v"
     fi
-    [ -n "$py" ] && found="$found $py"
 done
-[ -z "$found" ] && found=python3
-for py in $found; do echo "$py"; done
+
+if [ -n "$missing" ]; then
+    echo "find-pythons: no interpreter found for Python$missing" >&2
+fi
+exit $found_any
