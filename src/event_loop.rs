@@ -1381,7 +1381,7 @@ impl LoopCore {
                 }
             }
             Some(handler) => {
-                if let Err(exc) = handler.bind(py).call1((slf, context)) {
+                if let Err(exc) = Self::run_custom_handler(slf, handler.bind(py), context) {
                     if fatal(&exc) {
                         return Err(exc);
                     }
@@ -1489,6 +1489,34 @@ impl LoopCore {
 }
 
 impl LoopCore {
+    /// Calls a custom exception handler; from Python 3.12 on, as asyncio does, inside
+    /// the `contextvars` context of the task, future or handle the error is about
+    /// (the first of those keys that has one), so the handler sees what it saw.
+    fn run_custom_handler(
+        slf: &Bound<'_, Self>,
+        handler: &Bound<'_, PyAny>,
+        context: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if crate::pyversion::at_least(py, (3, 12, 0)) {
+            let mut thing = py.None().into_bound(py);
+            for key in [intern!(py, "task"), intern!(py, "future"), intern!(py, "handle")] {
+                thing = context.call_method1(intern!(py, "get"), (key,))?;
+                if !thing.is_none() {
+                    break;
+                }
+            }
+            if !thing.is_none() && thing.hasattr(intern!(py, "get_context"))? {
+                let ctx = thing.call_method0(intern!(py, "get_context"))?;
+                if !ctx.is_none() && ctx.hasattr(intern!(py, "run"))? {
+                    ctx.call_method1(intern!(py, "run"), (handler, slf, context))?;
+                    return Ok(());
+                }
+            }
+        }
+        handler.call1((slf, context)).map(drop)
+    }
+
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,

@@ -289,8 +289,36 @@ fn measure(py: Python<'_>) -> PyResult<Option<Layout>> {
     Ok(ok.then_some(layout))
 }
 
-/// Installs the allocation slots on the handle types, after measuring their layout.
+/// Whether this interpreter is one the in-place path was built and checked for:
+/// CPython 3.11 to 3.13 with the GIL. The collector's header in front of each object
+/// (`GC_HEAD_WORDS`) and the object header are those versions' layout; a free-threaded
+/// build has neither the header nor the GIL that `GilStatic` relies on, and a newer
+/// version may change either. Elsewhere handles take PyO3's generic path.
+fn interpreter_known(py: Python<'_>) -> PyResult<bool> {
+    let version = py.version_info();
+    if !((3, 11) <= (version.major, version.minor) && (version.major, version.minor) <= (3, 13)) {
+        return Ok(false);
+    }
+    let gil_disabled = py
+        .import("sysconfig")?
+        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
+        .is_truthy()?;
+    Ok(!gil_disabled)
+}
+
+/// Whether handles are made and freed in place here (false: PyO3's generic path).
+pub(crate) fn in_place(py: Python<'_>) -> bool {
+    let _ = py;
+    // SAFETY: the GIL is held (`py`), so `MEM` may be read.
+    unsafe { (*MEM.0.get()).layout.is_some() }
+}
+
+/// Installs the allocation slots on the handle types, after measuring their layout
+/// (on an interpreter the in-place path is not known to fit, nothing is installed).
 pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+    if !interpreter_known(py)? {
+        return Ok(());
+    }
     let layout = measure(py)?;
     let (handle_type, timer_type) = (py.get_type::<Handle>(), py.get_type::<TimerHandle>());
     // SAFETY: the GIL is held (see `GilStatic`). The only instances so far were the

@@ -669,5 +669,8 @@ pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
         // what PyO3's did (the same fields, plus the type).
         unsafe { (*ty.as_type_ptr()).tp_traverse = Some(handle_traverse) };
     }
-    crate::handle_mem::install(py)
+    crate::handle_mem::install(py)?;
+    // Whether handles are made in place (true on the interpreters that path was
+    // checked for), for tests and for anyone asking why one interpreter is slower.
+    m.add("_handles_in_place", crate::handle_mem::in_place(py))
 }

@@ -15,7 +15,9 @@ mod transports;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+// The module needs the GIL: its state is guarded by it (`gil.rs`, `handle_mem.rs`). A
+// free-threaded interpreter imports it with the GIL switched back on.
+#[pymodule(gil_used = true)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::init_pymodule(m)?;
     handles::init_pymodule(m)?;

@@ -16,11 +16,24 @@ import ferroloop
 USAGE = "usage: python -m ferroloop script.py [args...]\n       python -m ferroloop -m module [args...]"
 
 
+def install_policy(policy) -> None:
+    """Make ``asyncio.run()`` and ``asyncio.new_event_loop()`` give ferroloop loops.
+
+    From Python 3.14, where ``asyncio.set_event_loop_policy`` is deprecated, through
+    the setter asyncio itself uses, so that running a script this way warns about
+    nothing the script did not do.
+    """
+    if sys.version_info >= (3, 14) and hasattr(asyncio.events, "_set_event_loop_policy"):
+        asyncio.events._set_event_loop_policy(policy)
+    else:
+        asyncio.set_event_loop_policy(policy)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
-    asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+    install_policy(ferroloop.EventLoopPolicy())
     if argv[0] == "-m":
         if len(argv) < 2:
             print(USAGE, file=sys.stderr)

@@ -16,6 +16,7 @@ import threading
 import warnings
 import weakref
 
+from ferroloop._compat import PY314
 from ferroloop._core import LoopCore, make_socket_transport
 from ferroloop._net import NetworkMixin
 
@@ -185,7 +186,16 @@ def new_event_loop() -> Loop:
     return Loop()
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+# Event loop policies are deprecated from Python 3.14 (and go in 3.16): there the
+# policy builds on asyncio's private base, which touching warns about nothing;
+# before, on the platform default policy, as any policy of 3.11-3.13 does.
+if PY314:
+    _PolicyBase = asyncio.events._BaseDefaultEventLoopPolicy
+else:
+    _PolicyBase = asyncio.DefaultEventLoopPolicy
+
+
+class EventLoopPolicy(_PolicyBase):
     """An event loop policy whose loops are ferroloop loops.
 
     ``asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())`` makes

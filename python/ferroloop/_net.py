@@ -160,7 +160,7 @@ def _since_313(method: str, name: str, value, default):
     """A keyword argument asyncio added in 3.13: its default there; refused
     before, as a function without that parameter refuses it."""
     if value is _UNSET:
-        return default
+        return default if PY313 else None
     if not PY313:
         raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
     return value

@@ -195,15 +195,35 @@ def module_of(test_id: str) -> str:
 # The expected-failure list
 
 
-def load_expected(path: str = EXPECTED_FILE) -> dict[str, str]:
-    """Load EXPECTED_FAILURES from the list file (a fresh load every call)."""
+def python_version() -> str:
+    """The running interpreter's X.Y: the key of its own expected failures."""
+    return "%d.%d" % sys.version_info[:2]
+
+
+def _load_list_module(path: str):
     spec = importlib.util.spec_from_file_location("_ferroloop_expected_failures", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    expected = module.EXPECTED_FAILURES
-    if not isinstance(expected, dict):
+    if not isinstance(module.EXPECTED_FAILURES, dict):
         raise TypeError(f"{path}: EXPECTED_FAILURES must be a dict")
-    return dict(expected)
+    only_on = getattr(module, "ONLY_ON", {})
+    if not isinstance(only_on, dict) or not all(isinstance(v, dict) for v in only_on.values()):
+        raise TypeError(f"{path}: ONLY_ON must map 'X.Y' to a dict of entries")
+    return module.EXPECTED_FAILURES, only_on
+
+
+def load_expected(path: str = EXPECTED_FILE, version: str | None = None) -> dict[str, str]:
+    """The expected failures of the running interpreter (or of ``version``): the
+    entries for every version, and ONLY_ON's for this one (a fresh load every call)."""
+    common, only_on = _load_list_module(path)
+    expected = dict(common)
+    expected.update(only_on.get(version or python_version(), {}))
+    return expected
+
+
+def load_only_on(path: str = EXPECTED_FILE) -> dict[str, dict[str, str]]:
+    """ONLY_ON: per 'X.Y', the entries that apply to that version alone."""
+    return {v: dict(e) for v, e in _load_list_module(path)[1].items()}
 
 
 def reason_problem(reason: object) -> str | None:
@@ -260,14 +280,23 @@ Regenerate from a run with:
 which keeps the existing reasons, drops entries that pass and adds new
 failures with the placeholder reason (to be triaged before committing).
 Comments in this file are not kept by the regeneration.
+
+EXPECTED_FAILURES holds what fails on every interpreter the runner is used
+with; ONLY_ON['X.Y'] what fails on CPython X.Y alone (tests that exist only
+there, or behaviour that differs there), each entry's reason saying why that
+version. An entry must be needed on every version it applies to: a listed
+test that passes is an error.
 """
 
 EXPECTED_FAILURES = {{
 '''
 
+_ONLY_ON_HEADER = """# Per CPython version: entries that apply to that version alone.
+ONLY_ON = {
+"""
 
-def render_expected(expected: dict[str, str]) -> str:
-    out = [_HEADER.format(apis=", ".join(NOT_IMPLEMENTED_APIS), todo=TODO_REASON)]
+
+def _render_entries(out: list[str], expected: dict[str, str], indent: str) -> None:
     order = {name: i for i, name in enumerate(MODULES)}
     keys = sorted(expected, key=lambda k: (order.get(module_of(k), len(order)), k))
     current = None
@@ -276,15 +305,30 @@ def render_expected(expected: dict[str, str]) -> str:
         if mod != current:
             if current is not None:
                 out.append("\n")
-            out.append(f"    # {mod}\n")
+            out.append(f"{indent}# {mod}\n")
             current = mod
-        out.append(f"    {key!r}: {expected[key]!r},\n")
+        out.append(f"{indent}{key!r}: {expected[key]!r},\n")
+
+
+def render_expected(expected: dict[str, str], only_on: dict[str, dict[str, str]]) -> str:
+    out = [_HEADER.format(apis=", ".join(NOT_IMPLEMENTED_APIS), todo=TODO_REASON)]
+    _render_entries(out, expected, "    ")
+    out.append("}\n\n")
+    out.append(_ONLY_ON_HEADER)
+    for version in sorted(only_on, key=lambda v: tuple(map(int, v.split(".")))):
+        if not only_on[version]:
+            continue
+        out.append(f"    {version!r}: {{\n")
+        _render_entries(out, only_on[version], "        ")
+        out.append("    },\n")
     out.append("}\n")
     return "".join(out)
 
 
-def write_expected(expected: dict[str, str], path: str = EXPECTED_FILE) -> None:
-    text = render_expected(expected)
+def write_expected(
+    expected: dict[str, str], only_on: dict[str, dict[str, str]], path: str = EXPECTED_FILE
+) -> None:
+    text = render_expected(expected, only_on)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -1139,8 +1183,14 @@ def main(argv=None) -> int:
         print(f"counts written to {write_json(reports, args.json)}", file=sys.stderr)
     print(summary_table(reports))
     if args.write_expected:
+        # The regeneration rewrites this version's view; entries that were this
+        # version's alone stay in its ONLY_ON list, the rest go to the common list.
+        only_on = load_only_on()
+        mine = only_on.get(python_version(), {})
         new = regenerate_expected(load_expected(), reports)
-        write_expected(new)
+        only_on[python_version()] = {k: v for k, v in new.items() if k in mine}
+        common = {k: v for k, v in new.items() if k not in mine}
+        write_expected(common, only_on)
         todo = sorted(k for k, v in new.items() if v == TODO_REASON)
         print(f"wrote {EXPECTED_FILE}: {len(new)} entries, {len(todo)} to triage")
     problems = validate_expected(load_expected()) if mode == "ferroloop" else []
