@@ -206,3 +206,45 @@ def test_run_in_executor_results_come_back_while_many_threads_post(loop):
 
     assert loop.run_until_complete(main()) == [i * i for i in range(50)]
     assert flood == list(range(3000))
+
+
+def test_threadsafe_handles_cancelled_from_other_threads_while_the_loop_runs(loop):
+    """Threads post callbacks and cancel every other one at once, racing the loop that
+    runs them: nothing crashes, a callback runs at most once, and every callback not
+    cancelled runs. (Whether a cancelled one had already started is a race either way.)"""
+    n_threads, per_thread = 4, 500
+    started = {}  # handle id -> monotonic time the callback started
+    cancelled_at = {}
+    lock = threading.Lock()
+    done = loop.create_future()
+    finished = [0]
+
+    def callback(key):
+        with lock:
+            assert key not in started, "a callback ran twice"
+            started[key] = time.monotonic()
+
+    def worker(t):
+        for i in range(per_thread):
+            key = (t, i)
+            h = loop.call_soon_threadsafe(callback, key)
+            if i % 2:
+                h.cancel()
+                with lock:
+                    cancelled_at[key] = time.monotonic()
+        loop.call_soon_threadsafe(thread_done)
+
+    def thread_done():
+        finished[0] += 1
+        if finished[0] == n_threads:
+            # One more iteration, so that what was posted last has run.
+            loop.call_soon(lambda: done.done() or done.set_result(None))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    loop.call_soon(lambda: [th.start() for th in threads])
+    loop.run_until_complete(asyncio.wait_for(done, WATCHDOG_SECONDS))
+    for th in threads:
+        th.join()
+    assert len(cancelled_at) == n_threads * per_thread // 2
+    kept = {(t, i) for t in range(n_threads) for i in range(0, per_thread, 2)}
+    assert kept <= set(started)
