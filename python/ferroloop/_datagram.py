@@ -18,7 +18,6 @@ import os
 import socket
 import stat
 import sys
-
 from asyncio.log import logger
 
 from ferroloop._core import make_datagram_transport
@@ -70,7 +69,15 @@ class DatagramMixin:
                     raise ValueError(f"A datagram socket was expected, got {sock!r}")
             elif sock.type != socket.SOCK_DGRAM:
                 raise ValueError(f"A UDP Socket was expected, got {sock!r}")
-            if local_addr or remote_addr or family or proto or flags or reuse_port or allow_broadcast:
+            if (
+                local_addr
+                or remote_addr
+                or family
+                or proto
+                or flags
+                or reuse_port
+                or allow_broadcast
+            ):
                 # Name the offending arguments in the message.
                 opts = dict(
                     local_addr=local_addr,
@@ -226,7 +233,9 @@ class DatagramMixin:
         except (BlockingIOError, InterruptedError):
             pass
         fut = self.create_future()
-        self._sock_add_reader(fut, sock.fileno(), self._sock_read_ready, fut, sock.recvfrom, bufsize)
+        self._sock_add_reader(
+            fut, sock.fileno(), self._sock_read_ready, fut, sock.recvfrom, bufsize
+        )
         return await fut
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):

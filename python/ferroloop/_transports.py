@@ -56,8 +56,7 @@ class SocketTransport(asyncio.Transport):
 
     def __init__(self, *args, **kwargs):
         raise TypeError(
-            "SocketTransport objects are made by the loop "
-            "(ferroloop._core.make_socket_transport)"
+            "SocketTransport objects are made by the loop (ferroloop._core.make_socket_transport)"
         )
 
     def __getattr__(self, name):
