@@ -441,6 +441,19 @@ impl DatagramTransport {
         }
     }
 
+    /// A send failed for good: an OSError goes to the protocol's `error_received`, as
+    /// asyncio's; anything else is fatal to the transport.
+    fn send_failed(slf: &Bound<'_, Self>, e: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal(py, &e) {
+            Err(e)
+        } else if e.is_instance_of::<PyOSError>(py) {
+            Self::error_received(slf, e)
+        } else {
+            Self::fatal_error(slf, e, "Fatal write error on datagram transport")
+        }
+    }
+
     /// Receives one datagram: through the loop's shared buffer, or the socket object's
     /// `recvfrom` for a socket whose addresses are not converted here.
     fn receive<'py>(&self, py: Python<'py>, loop_: &Bound<'py, LoopCore>, sock: &Bound<'py, PyAny>) -> Received<'py> {
@@ -623,13 +636,10 @@ impl DatagramTransport {
                     st.queue.push_front(item);
                     break;
                 }
-                Err(SendError::Failed(e)) if is_fatal(py, &e) => return Err(e),
-                // The datagram is dropped; the writer stays, and the next writable event
-                // goes on with the queue (or finds it empty and stops), as in asyncio.
-                Err(SendError::Failed(e)) if e.is_instance_of::<PyOSError>(py) => return Self::error_received(slf, e),
-                Err(SendError::Failed(e)) => {
-                    return Self::fatal_error(slf, e, "Fatal write error on datagram transport");
-                }
+                // The datagram is dropped. After an OSError the writer stays, and the next
+                // writable event goes on with the queue (or finds it empty and stops), as
+                // in asyncio.
+                Err(SendError::Failed(e)) => return Self::send_failed(slf, e),
             }
         }
         Self::maybe_resume_protocol(slf)?; // may queue more
@@ -776,16 +786,15 @@ impl DatagramTransport {
             }
         };
         let target = this.target(&addr);
-        if this.state.borrow(py).queue.is_empty() {
+        let queue_empty = this.state.borrow(py).queue.is_empty();
+        if queue_empty {
             match this.send_now(py, sock.bind(py), payload, Some(data), &target) {
                 Ok(()) => return Ok(()),
-                Err(SendError::WouldBlock) => Self::set_watch(slf, false, true)?,
-                Err(SendError::Failed(e)) if is_fatal(py, &e) => return Err(e),
-                Err(SendError::Failed(e)) if e.is_instance_of::<PyOSError>(py) => {
-                    return Self::error_received(slf, e);
-                }
+                Err(SendError::WouldBlock) => {}
                 Err(SendError::Failed(e)) => {
-                    return Self::fatal_error(slf, e, "Fatal write error on datagram transport");
+                    // The protocol's callbacks may touch the data (a bytearray): let it go.
+                    drop(view);
+                    return Self::send_failed(slf, e);
                 }
             }
         }
@@ -795,12 +804,16 @@ impl DatagramTransport {
             Ok(b) => Chunk::Shared(b.clone().unbind()),
             Err(_) => Chunk::Owned(payload.to_vec()),
         };
+        let len = payload.len();
+        drop(view);
+        if queue_empty {
+            Self::set_watch(slf, false, true)?;
+        }
         {
             let mut st = this.state.borrow_mut(py);
-            st.buffer_size += payload.len() + this.header;
+            st.buffer_size += len + this.header;
             st.queue.push_back(Queued { data: chunk, target });
         }
-        drop(view);
         Self::maybe_pause_protocol(slf)
     }
 

@@ -25,9 +25,6 @@ EXPECTED_FAILURES = {
     # test_events
     'test_events.FerroloopEventLoopTests.test_add_signal_handler': 'not implemented yet: signals',
     'test_events.FerroloopEventLoopTests.test_bidirectional_pty': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint': 'not implemented yet: datagrams',
-    'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint_ipv6': 'not implemented yet: datagrams',
-    'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint_sock': 'not implemented yet: datagrams',
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv4': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv6': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_ssl': 'not implemented yet: TLS',
@@ -76,9 +73,4 @@ EXPECTED_FAILURES = {
     'test_streams.StreamTests.test_open_unix_connection_no_loop_ssl': 'not implemented yet: TLS',
     'test_streams.StreamTests.test_read_all_from_pipe_reader': 'not implemented yet: pipes',
     'test_streams.StreamTests.test_start_tls': 'not implemented yet: TLS',
-
-    # test_sock_lowlevel
-    'test_sock_lowlevel.FerroloopEventLoopTests.test_recvfrom': 'not implemented yet: datagrams',
-    'test_sock_lowlevel.FerroloopEventLoopTests.test_recvfrom_into': 'not implemented yet: datagrams',
-    'test_sock_lowlevel.FerroloopEventLoopTests.test_sendto_blocking': 'not implemented yet: datagrams',
 }
