@@ -570,8 +570,8 @@ def test_sock_with_other_arguments(loop, kwargs, problems):
 
 @pytest.mark.parametrize("kind", ["stream", "seqpacket"])
 def test_sock_of_the_wrong_type(loop, oracle_loop, kind):
-    """3.11 refuses anything but SOCK_DGRAM ('A UDP Socket was expected'); from 3.12
-    only SOCK_STREAM is refused ('A datagram socket was expected')."""
+    """Before 3.13 anything but SOCK_DGRAM is refused ('A UDP Socket was expected');
+    from 3.13 only SOCK_STREAM is ('A datagram socket was expected')."""
 
     async def scenario(loop):
         if kind == "stream":
@@ -589,10 +589,10 @@ def test_sock_of_the_wrong_type(loop, oracle_loop, kind):
 
     got, expected = both(loop, oracle_loop, scenario)
     if kind == "stream":
-        what = "A datagram socket" if PY312 else "A UDP Socket"
+        what = "A datagram socket" if PY313 else "A UDP Socket"
         assert expected == f"{what} was expected, got <sock>"
     else:
-        assert expected == ("accepted" if PY312 else "A UDP Socket was expected, got <sock>")
+        assert expected == ("accepted" if PY313 else "A UDP Socket was expected, got <sock>")
     assert got == expected
 
 
@@ -901,9 +901,12 @@ def test_datagram_received_raising_an_interrupt_leaves_the_loop(loop, exc_type):
         finally:
             t.close()
 
+    task = loop.create_task(main())
     with pytest.raises(exc_type):
-        loop.run_until_complete(main())
-    loop.run_until_complete(settle())
+        loop.run_until_complete(task)
+    # The interrupt came from the transport's callback, not from the task: end it.
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
 
 
 def test_pause_writing_raising_goes_to_the_exception_handler(loop, sock_dir):
@@ -1053,7 +1056,7 @@ def test_flow_control_with_a_full_socket_buffer(loop, impl, sock_dir, connected)
         assert final == 0
 
 
-def test_close_flushes_the_queue_then_connection_lost(loop, sock_dir):
+def test_close_flushes_the_queue_then_connection_lost(loop, impl, sock_dir):
     async def main():
         sink, path = unix_sink(sock_dir)
         t, p = await endpoint(loop, family=UNIX, remote_addr=path)
@@ -1075,7 +1078,8 @@ def test_close_flushes_the_queue_then_connection_lost(loop, sock_dir):
         received += drain(sink)
         assert received == sent
         assert await p.lost is None
-        assert t.get_write_buffer_size() == 0
+        if not (impl == "asyncio" and ASYNCIO_LEAKS_HEADERS):
+            assert t.get_write_buffer_size() == 0
         sink.close()
 
     run(loop, main())

@@ -25,9 +25,9 @@ from ferroloop._net import _set_reuseport
 
 __all__ = ["DatagramMixin"]
 
-# From Python 3.12, create_datagram_endpoint(sock=...) refuses only stream sockets
-# (so SOCK_SEQPACKET and SOCK_RAW are taken), with another message.
-_ANY_NON_STREAM_SOCK = sys.version_info >= (3, 12)
+# From Python 3.13, create_datagram_endpoint(sock=...) refuses only stream sockets
+# (so SOCK_SEQPACKET and SOCK_RAW are taken), with another message (gh-114887).
+_ANY_NON_STREAM_SOCK = sys.version_info >= (3, 13)
 
 
 class DatagramMixin:

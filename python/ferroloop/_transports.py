@@ -12,6 +12,10 @@ makes the bound methods it uses.
 Transports are made by ``ferroloop._core.make_socket_transport``, which does what
 asyncio's ``_SelectorSocketTransport.__init__`` does, in Rust, and fills the slots
 without running ``__init__``.
+
+``DatagramSocketTransport`` is the same kind of facade over the Rust
+``DatagramTransport``, made by ``ferroloop._core.make_datagram_transport``; its
+``sendto`` slot is filled when it is made.
 """
 
 from __future__ import annotations
