@@ -1633,3 +1633,133 @@ def test_sock_recvfrom_ipv6_address(loop):
         b.close()
 
     run(loop, main())
+
+
+# ---------------------------------------------------------------- address forms of sendto()
+
+ADDRESS_FORMS = {
+    "numeric": lambda port: ("127.0.0.1", port),
+    "bytes-host": lambda port: (b"127.0.0.1", port),
+    "any-host": lambda port: ("", port),
+    "broadcast-host": lambda port: ("<broadcast>", port),
+    "port-too-large": lambda port: ("127.0.0.1", 70000),
+    "negative-port": lambda port: ("127.0.0.1", -1),
+    "port-as-str": lambda port: ("127.0.0.1", str(port)),
+    "bool-port": lambda port: ("127.0.0.1", True),
+    "three-tuple": lambda port: ("127.0.0.1", port, 0),
+    "list": lambda port: ["127.0.0.1", port],
+    "ipv6-host": lambda port: ("::1", port),
+    "nul-in-host": lambda port: ("127.0.0.1\0", port),
+    "non-ascii-host": lambda port: ("höst", port),
+}
+
+
+async def _sendto_address_form(loop, form):
+    contexts = capture_exceptions(loop)
+    server_t, server_p = await endpoint(loop, local_addr=V4)
+    port = server_t.get_extra_info("sockname")[1]
+    t, p = await endpoint(loop, family=socket.AF_INET)
+    addr = ADDRESS_FORMS[form](port)
+    try:
+        t.sendto(b"payload", addr)
+        raised = None
+    except Exception as exc:
+        raised = exc_summary(exc)
+    await asyncio.sleep(0.02)
+    outcome = (
+        raised,
+        [d for d, _ in server_p.received],
+        [exc_summary(e) for e in p.errors],
+        [(c["message"], exc_summary(c["exception"])) for c in contexts],
+        t.is_closing(),
+    )
+    t.abort()
+    await p.lost
+    await close(server_t, server_p)
+    return outcome
+
+
+@pytest.mark.parametrize("form", sorted(ADDRESS_FORMS))
+def test_sendto_address_forms(loop, oracle_loop, form):
+    """Addresses are converted (or refused) exactly as the socket module does it."""
+    got, expected = both(loop, oracle_loop, _sendto_address_form, form)
+    assert got == expected
+
+
+IPV6_FORMS = {
+    "pair": lambda port: ("::1", port),
+    "flowinfo": lambda port: ("::1", port, 5),
+    "flowinfo-too-large": lambda port: ("::1", port, 0x100000),
+    "scope-id": lambda port: ("::1", port, 0, 0),
+    "ipv4-host": lambda port: ("127.0.0.1", port),
+    "five-tuple": lambda port: ("::1", port, 0, 0, 0),
+    "bad-host": lambda port: ("::g", port),
+}
+
+
+async def _sendto_ipv6_form(loop, form):
+    contexts = capture_exceptions(loop)
+    server_t, server_p = await endpoint(loop, local_addr=("::1", 0))
+    port = server_t.get_extra_info("sockname")[1]
+    t, p = await endpoint(loop, family=socket.AF_INET6)
+    try:
+        t.sendto(b"six", IPV6_FORMS[form](port))
+        raised = None
+    except Exception as exc:
+        raised = exc_summary(exc)
+    await asyncio.sleep(0.02)
+    outcome = (
+        raised,
+        [d for d, _ in server_p.received],
+        [exc_summary(e) for e in p.errors],
+        [(c["message"], exc_summary(c["exception"])) for c in contexts],
+    )
+    t.abort()
+    await p.lost
+    await close(server_t, server_p)
+    return outcome
+
+
+@needs_ipv6
+@pytest.mark.parametrize("form", sorted(IPV6_FORMS))
+def test_sendto_ipv6_address_forms(loop, oracle_loop, form):
+    got, expected = both(loop, oracle_loop, _sendto_ipv6_form, form)
+    assert got == expected
+
+
+@pytest.mark.parametrize("form", ["str", "bytes", "too-long", "abstract", "int"])
+def test_sendto_unix_address_forms(loop, oracle_loop, sock_dir, form):
+    async def scenario(loop):
+        contexts = capture_exceptions(loop)
+        path = str(sock_dir / ("u" + uuid.uuid4().hex[:6]))
+        abstract = abstract_name()
+        server_t, server_p = await endpoint(loop, local_addr=path, family=UNIX)
+        abstract_t, abstract_p = await endpoint(loop, local_addr=abstract, family=UNIX)
+        t, p = await endpoint(loop, family=UNIX)
+        addr = {
+            "str": path,
+            "bytes": os.fsencode(path),
+            "too-long": "/" + "x" * 200,
+            "abstract": abstract,
+            "int": 5,
+        }[form]
+        try:
+            t.sendto(b"unix", addr)
+            raised = None
+        except Exception as exc:
+            raised = exc_summary(exc)
+        await asyncio.sleep(0.02)
+        outcome = (
+            raised,
+            [d for d, _ in server_p.received + abstract_p.received],
+            [exc_summary(e) for e in p.errors],
+            [(c["message"], exc_summary(c["exception"])) for c in contexts],
+        )
+        t.abort()
+        await p.lost
+        await close(server_t, server_p)
+        await close(abstract_t, abstract_p)
+        return outcome
+
+    got, expected = both(loop, oracle_loop, scenario)
+    assert got == expected
