@@ -1763,3 +1763,98 @@ def test_sendto_unix_address_forms(loop, oracle_loop, sock_dir, form):
 
     got, expected = both(loop, oracle_loop, scenario)
     assert got == expected
+
+
+def test_socketpair_endpoint(loop, oracle_loop):
+    """A connected Unix datagram pair: its peer has no name (peername ''), which asyncio
+    takes for "not connected", so sendto() needs an address the socket then refuses."""
+
+    async def scenario(loop):
+        contexts = capture_exceptions(loop)
+        ours, theirs = socket.socketpair(UNIX, socket.SOCK_DGRAM)
+        theirs.setblocking(False)
+        t, p = await loop.create_datagram_endpoint(lambda: DProto(loop), sock=ours)
+        theirs.send(b"from the pair")
+        got = await p.wait_received(1)
+        peername = t.get_extra_info("peername")
+        t.sendto(b"back")
+        await asyncio.sleep(0.01)
+        outcome = (
+            got,
+            peername,
+            recv_now(theirs),
+            [(c["message"], exc_summary(c["exception"])) for c in contexts],
+            t.is_closing(),
+        )
+        t.abort()
+        await p.lost
+        theirs.close()
+        return outcome
+
+    got, expected = both(loop, oracle_loop, scenario)
+    assert got == expected
+
+
+def test_a_queued_bytearray_is_copied(loop, sock_dir):
+    async def main():
+        sink, path = unix_sink(sock_dir)
+        t, p = await endpoint(loop, family=UNIX, remote_addr=path)
+        n = 0
+        while not t.get_write_buffer_size():
+            t.sendto(b"%d" % n)
+            n += 1
+        data = bytearray(b"original")
+        t.sendto(data)
+        data[:] = b"changed!"
+        received = []
+        while b"original" not in received and b"changed!" not in received:
+            received += drain(sink)
+            await asyncio.sleep(0.001)
+        assert received[-1] == b"original"
+        await close(t, p)
+        sink.close()
+
+    run(loop, main())
+
+
+def test_unclosed_transport_of_a_closed_loop_warns_when_collected(untracked_loop_factory):
+    before = fds()
+    loop = untracked_loop_factory()
+
+    async def main(loop):
+        t, p = await endpoint(loop, Cyclic, local_addr=V4)
+        return weakref.ref(t), t.get_extra_info("socket").fileno(), type(t).__name__
+
+    ref, fd, name = run(loop, main(loop))
+    loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del loop
+        gc.collect()
+        gc.collect()
+    assert ref() is None
+    messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    # The loop is closed: the repr has no read/write state.
+    assert f"unclosed transport <{name} fd={fd}>" in messages
+    assert fds() == before
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
+def test_sock_recvfrom_unix(loop, sock_dir, named):
+    async def main():
+        path = str(sock_dir / "r")
+        r = socket.socket(UNIX, socket.SOCK_DGRAM)
+        r.bind(path)
+        r.setblocking(False)
+        s = socket.socket(UNIX, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        if named:
+            s.bind(str(sock_dir / "s"))
+        pending = asyncio.ensure_future(loop.sock_recvfrom(r, 100))
+        await asyncio.sleep(0.01)
+        assert await loop.sock_sendto(s, b"unix", path) == 4
+        assert await pending == (b"unix", str(sock_dir / "s") if named else None)
+        r.close()
+        s.close()
+
+    run(loop, main())
