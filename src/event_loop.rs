@@ -26,6 +26,7 @@ use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
+use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::StreamTransport;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
@@ -46,6 +47,7 @@ const WAKER_TOKEN: u64 = u64::MAX;
 pub(crate) enum Watcher {
     Handle(Py<Handle>),
     Transport(Py<StreamTransport>),
+    Datagram(Py<DatagramTransport>),
 }
 
 impl Watcher {
@@ -55,6 +57,8 @@ impl Watcher {
             Watcher::Handle(h) => Some(Ready::Handle(h.clone_ref(py))),
             Watcher::Transport(t) if read => Some(Ready::Read(t.clone_ref(py))),
             Watcher::Transport(t) => Some(Ready::Write(t.clone_ref(py))),
+            Watcher::Datagram(t) if read => Some(Ready::DatagramRead(t.clone_ref(py))),
+            Watcher::Datagram(t) => Some(Ready::DatagramWrite(t.clone_ref(py))),
         }
     }
 
@@ -62,6 +66,7 @@ impl Watcher {
         match self {
             Watcher::Handle(h) => visit.call(h),
             Watcher::Transport(t) => visit.call(t),
+            Watcher::Datagram(t) => visit.call(t),
         }
     }
 }
@@ -73,6 +78,10 @@ pub(crate) enum Ready {
     Read(Py<StreamTransport>),
     /// A transport's socket is writable.
     Write(Py<StreamTransport>),
+    /// A datagram transport's socket is readable.
+    DatagramRead(Py<DatagramTransport>),
+    /// A datagram transport's socket is writable.
+    DatagramWrite(Py<DatagramTransport>),
 }
 
 impl Ready {
@@ -80,6 +89,7 @@ impl Ready {
         match self {
             Ready::Handle(h) => Handle::visit_owned(h, visit),
             Ready::Read(t) | Ready::Write(t) => visit.call(t),
+            Ready::DatagramRead(t) | Ready::DatagramWrite(t) => visit.call(t),
         }
     }
 }
@@ -565,6 +575,8 @@ impl LoopCore {
                 }
                 Ready::Read(t) => StreamTransport::read_ready(t.bind(py))?,
                 Ready::Write(t) => StreamTransport::write_ready(t.bind(py))?,
+                Ready::DatagramRead(t) => DatagramTransport::read_ready(t.bind(py))?,
+                Ready::DatagramWrite(t) => DatagramTransport::write_ready(t.bind(py))?,
             }
         }
         Ok(())
@@ -692,26 +704,35 @@ impl LoopCore {
     /// for `add_reader` and friends.
     fn ensure_fd_no_transport(&self, py: Python<'_>, fd_obj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
         let t = self.state.borrow(py).transports.get(&fd).map(|t| t.clone_ref(py));
-        if let Some(t) = t.and_then(|w| w.bind(py).upgrade_as::<StreamTransport>().ok().flatten()) {
-            if !t.get().is_closing(py) {
-                return Err(PyRuntimeError::new_err(format!(
-                    "File descriptor {} is used by transport {}",
-                    fd_obj.repr()?,
-                    StreamTransport::facade(&t).repr()?
-                )));
-            }
+        let Some(t) = t.and_then(|w| w.bind(py).upgrade()) else {
+            return Ok(());
+        };
+        let open = if let Ok(t) = t.cast::<StreamTransport>() {
+            (!t.get().is_closing(py)).then(|| StreamTransport::facade(t))
+        } else if let Ok(t) = t.cast::<DatagramTransport>() {
+            (!t.get().is_closing(py)).then(|| DatagramTransport::facade(t))
+        } else {
+            None
+        };
+        if let Some(facade) = open {
+            return Err(PyRuntimeError::new_err(format!(
+                "File descriptor {} is used by transport {}",
+                fd_obj.repr()?,
+                facade.repr()?
+            )));
         }
         Ok(())
     }
 
-    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, StreamTransport>) -> PyResult<()> {
+    /// Records `t` (a stream or datagram transport) as the owner of `fd`.
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, PyAny>) -> PyResult<()> {
         let weak = PyWeakrefReference::new(t)?.unbind();
         let old = self.state.borrow_mut(py).transports.insert(fd, weak);
         drop(old);
         Ok(())
     }
 
-    pub(crate) fn unregister_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, StreamTransport>) {
+    pub(crate) fn unregister_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, PyAny>) {
         let old = {
             let mut st = self.state.borrow_mut(py);
             let current = st.transports.get(&fd).and_then(|w| w.bind(py).upgrade());

@@ -18,12 +18,13 @@ import weakref
 
 from ferroloop._compat import PY314
 from ferroloop._core import LoopCore, make_socket_transport
+from ferroloop._datagram import DatagramMixin
 from ferroloop._net import NetworkMixin
 
 logger = logging.getLogger("asyncio")
 
 
-class Loop(LoopCore, NetworkMixin, asyncio.AbstractEventLoop):
+class Loop(LoopCore, NetworkMixin, DatagramMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self) -> None:

@@ -12,6 +12,10 @@ makes the bound methods it uses.
 Transports are made by ``ferroloop._core.make_socket_transport``, which does what
 asyncio's ``_SelectorSocketTransport.__init__`` does, in Rust, and fills the slots
 without running ``__init__``.
+
+``DatagramSocketTransport`` is the same kind of facade over the Rust
+``DatagramTransport``, made by ``ferroloop._core.make_datagram_transport``; its
+``sendto`` slot is filled when it is made.
 """
 
 from __future__ import annotations
@@ -56,8 +60,7 @@ class SocketTransport(asyncio.Transport):
 
     def __init__(self, *args, **kwargs):
         raise TypeError(
-            "SocketTransport objects are made by the loop "
-            "(ferroloop._core.make_socket_transport)"
+            "SocketTransport objects are made by the loop (ferroloop._core.make_socket_transport)"
         )
 
     def __getattr__(self, name):
@@ -90,6 +93,82 @@ class SocketTransport(asyncio.Transport):
 
     def can_write_eof(self) -> bool:
         return True
+
+    def set_protocol(self, protocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+
+# The datagram transport's methods held in slots (``sendto`` is filled when the
+# transport is made).
+_DATAGRAM_CORE_METHODS = frozenset(
+    (
+        "sendto",
+        "is_closing",
+        "get_write_buffer_size",
+        "pause_reading",
+        "resume_reading",
+        "is_reading",
+    )
+)
+
+
+class DatagramSocketTransport(asyncio.Transport, asyncio.DatagramTransport):
+    """A datagram transport over a UDP or Unix datagram socket.
+
+    Both an ``asyncio.DatagramTransport`` and an ``asyncio.Transport``, as asyncio's
+    own datagram transport is from Python 3.12 (on 3.11 it is only the latter). Like
+    asyncio's, ``write()`` and ``writelines()`` are the abstract ones and raise
+    ``NotImplementedError``.
+    """
+
+    __slots__ = (
+        "_core",
+        "sendto",
+        "is_closing",
+        "get_write_buffer_size",
+        "pause_reading",
+        "resume_reading",
+        "is_reading",
+        "__weakref__",
+    )
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(
+            "DatagramSocketTransport objects are made by the loop "
+            "(ferroloop._core.make_datagram_transport)"
+        )
+
+    def __getattr__(self, name):
+        if name in _DATAGRAM_CORE_METHODS:
+            method = getattr(self._core, name)
+            object.__setattr__(self, name, method)
+            return method
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return "<{} {}>".format(self.__class__.__name__, " ".join(self._core._repr_info()))
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        sock = core._sock if core is not None else None
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
 
     def set_protocol(self, protocol) -> None:
         self._core.set_protocol(protocol)

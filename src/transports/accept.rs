@@ -19,143 +19,12 @@ use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
+use crate::transports::sockaddr::{sockaddr_to_py, socket_name};
 use crate::transports::stream::{io_to_pyerr, is_fatal, StreamTransport};
-
-/// A socket address as Python sees it, converted exactly as CPython's socket module
-/// converts it (`makesockaddr`), for IPv4, IPv6 and Unix addresses; `None` for any
-/// other family, which the caller must then ask the socket module for.
-fn sockaddr_to_py<'py>(
-    py: Python<'py>,
-    ss: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if len == 0 {
-        return Ok(Some(py.None().into_bound(py)));
-    }
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote an AF_INET address, and sockaddr_storage is
-            // large and aligned enough for a sockaddr_in.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            // inet_ntop's dotted quad (which glibc makes with sprintf).
-            let o = a.sin_addr.s_addr.to_ne_bytes();
-            let host = PyString::new(py, &format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])).into_any();
-            let port = u16::from_be(a.sin_port) as i32;
-            Ok(Some(
-                PyTuple::new(py, [host, port.into_pyobject(py)?.into_any()])?.into_any(),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for a sockaddr_in6.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
-            let host = ntop(
-                py,
-                libc::AF_INET6,
-                &a.sin6_addr as *const libc::in6_addr as *const libc::c_void,
-            )?;
-            let port = u16::from_be(a.sin6_port) as i32;
-            let items = [
-                host,
-                port.into_pyobject(py)?.into_any(),
-                u32::from_be(a.sin6_flowinfo).into_pyobject(py)?.into_any(),
-                a.sin6_scope_id.into_pyobject(py)?.into_any(),
-            ];
-            Ok(Some(PyTuple::new(py, items)?.into_any()))
-        }
-        libc::AF_UNIX => {
-            // SAFETY: as above, for a sockaddr_un.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_un) };
-            let path_at = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-            let path: &[u8] =
-                // SAFETY: sun_path is an array of c_char, the same size as u8.
-                unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr() as *const u8, a.sun_path.len()) };
-            let n = (len as usize).saturating_sub(path_at).min(path.len());
-            if n > 0 && path[0] == 0 {
-                // Linux's abstract namespace: the name's bytes, as bytes.
-                return Ok(Some(PyBytes::new(py, &path[..n]).into_any()));
-            }
-            // A path: up to its terminating NUL (the storage was zeroed), decoded with
-            // the file system encoding.
-            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-            // SAFETY: `path[..end]` is readable memory; the GIL is held.
-            let s = unsafe {
-                ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr() as *const libc::c_char, end as ffi::Py_ssize_t)
-            };
-            // SAFETY: a new reference or NULL with an exception set.
-            Ok(Some(unsafe { Bound::from_owned_ptr_or_err(py, s)? }))
-        }
-        _ => Ok(None),
-    }
-}
-
-extern "C" {
-    /// The C library's address formatting, which the socket module uses (not in the
-    /// libc crate).
-    fn inet_ntop(
-        af: libc::c_int,
-        src: *const libc::c_void,
-        dst: *mut libc::c_char,
-        size: libc::socklen_t,
-    ) -> *const libc::c_char;
-}
-
-/// `inet_ntop` into a str, as the socket module formats IPv6 addresses.
-fn ntop<'py>(py: Python<'py>, family: libc::c_int, addr: *const libc::c_void) -> PyResult<Bound<'py, PyAny>> {
-    let mut buf = [0 as libc::c_char; 64];
-    // SAFETY: addr points at an address of `family`; buf has room for the longest text
-    // form of either family (INET6_ADDRSTRLEN is 46).
-    let r = unsafe { inet_ntop(family, addr, buf.as_mut_ptr(), buf.len() as libc::socklen_t) };
-    if r.is_null() {
-        return Err(io_to_pyerr(std::io::Error::last_os_error()));
-    }
-    // SAFETY: inet_ntop wrote a NUL-terminated ASCII string into buf.
-    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Ok(PyString::new(py, &text.to_string_lossy()).into_any())
-}
-
-/// `getsockname()` / `getpeername()` of `sock`, `None` if the call fails, as asyncio's
-/// transports fill their extra info. A plain `socket.socket` is asked through its fd;
-/// a subclass through its methods, which it may override.
-fn socket_name<'py>(sock: &Bound<'py, PyAny>, fd: RawFd, peer: bool) -> PyResult<Bound<'py, PyAny>> {
-    let py = sock.py();
-    if sock.get_type().is(py_attr!(py, "socket", "socket")?) {
-        if let Some(addr) = raw_socket_name(py, fd, peer)? {
-            return Ok(addr);
-        }
-    }
-    let method = if peer {
-        intern!(py, "getpeername")
-    } else {
-        intern!(py, "getsockname")
-    };
-    match sock.call_method0(method) {
-        Ok(addr) => Ok(addr),
-        Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(py.None().into_bound(py)),
-        Err(e) => Err(e),
-    }
-}
-
-/// `socket_name` straight from the fd; `None` for a family the socket module must
-/// convert.
-fn raw_socket_name<'py>(py: Python<'py>, fd: RawFd, peer: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let sa = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
-    let r = if peer {
-        syscall!(getpeername(fd, sa, &mut len))
-    } else {
-        syscall!(getsockname(fd, sa, &mut len))
-    };
-    if r.is_err() {
-        return Ok(Some(py.None().into_bound(py)));
-    }
-    sockaddr_to_py(py, &ss, len)
-}
 
 /// `socket.socket(family, kind, proto, fileno=fd)` without its Python `__init__` frame:
 /// the C socket type's `__new__` and `__init__`, then the two slots that
@@ -193,7 +62,7 @@ fn new_plain_socket(
 
 /// `asyncio.trsock.TransportSocket(sock)`, whose `__init__` only stores the socket in
 /// its one slot, without the frame.
-fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = sock.py();
     let ts = alloc_instance(py_attr!(py, "asyncio.trsock", "TransportSocket")?)?;
     ts.setattr(intern!(py, "_sock"), sock)?;
@@ -201,7 +70,7 @@ fn transport_socket<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>
 }
 
 /// A new instance of `cls`, a Python class with slots, without running `__init__`.
-fn alloc_instance<'py>(cls: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn alloc_instance<'py>(cls: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
     let tp = cls.as_ptr() as *mut ffi::PyTypeObject;
     // SAFETY: cls is a type object (checked by the caller's import of a class), and

@@ -1,6 +1,8 @@
 //! Transports: the data path between sockets and protocols, in Rust.
 
 pub(crate) mod accept;
+pub(crate) mod datagram;
+pub(crate) mod sockaddr;
 pub(crate) mod stream;
 
 use pyo3::prelude::*;
@@ -8,5 +10,6 @@ use pyo3::prelude::*;
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
     accept::init_pymodule(m)?;
+    datagram::init_pymodule(m)?;
     Ok(())
 }

@@ -44,13 +44,13 @@ const DEFAULT_HIGH: usize = 64 * 1024;
 const SHARE_AT_LEAST: usize = 16 * 1024;
 
 /// One queued piece: bytes we copied, or a `bytes` object we keep a reference to.
-enum Chunk {
+pub(crate) enum Chunk {
     Owned(Vec<u8>),
     Shared(Py<PyBytes>),
 }
 
 impl Chunk {
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
             // SAFETY: a bytes object is immutable and we hold a reference to it, so its
@@ -193,7 +193,7 @@ pub(crate) fn is_fatal(py: Python<'_>, e: &PyErr) -> bool {
     e.is_instance_of::<PySystemExit>(py) || e.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
-fn would_block(e: &std::io::Error) -> bool {
+pub(crate) fn would_block(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
@@ -222,10 +222,10 @@ pub(crate) fn io_to_pyerr(e: std::io::Error) -> PyErr {
 }
 
 /// A borrowed contiguous buffer of a bytes-like object.
-struct BufferView(ffi::Py_buffer);
+pub(crate) struct BufferView(ffi::Py_buffer);
 
 impl BufferView {
-    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<BufferView> {
+    pub(crate) fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<BufferView> {
         // SAFETY: an all-zero Py_buffer is a valid "empty" value that PyObject_GetBuffer fills.
         let mut view: ffi::Py_buffer = unsafe { std::mem::zeroed() };
         let flags = if writable {
@@ -240,7 +240,7 @@ impl BufferView {
         Ok(BufferView(view))
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: a successful PyObject_GetBuffer(PyBUF_SIMPLE) gives `len` contiguous bytes at `buf`,
         // valid until PyBuffer_Release.
         unsafe { std::slice::from_raw_parts(self.0.buf as *const u8, self.0.len as usize) }
@@ -263,7 +263,7 @@ impl Drop for BufferView {
     }
 }
 
-fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
+pub(crate) fn send(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
     raw_syscall!(
         libc::SYS_sendto,
         fd,
@@ -375,7 +375,7 @@ fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, loop_: &Py<LoopCore>) -> std::io:
 
 /// `sock.close()`. For a plain `socket.socket`, what its Python `close()` and
 /// `_real_close()` do, without their two frames.
-fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(crate) fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = sock.py();
     if !sock.get_type().is(py_attr!(py, "socket", "socket")?) {
         return sock.call_method0(intern!(py, "close")).map(drop);
@@ -393,7 +393,7 @@ fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// Is `obj` bytes, bytearray or memoryview, the types asyncio's write() accepts?
-fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
+pub(crate) fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
     obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() || obj.is_instance_of::<PyMemoryView>()
 }
 
@@ -412,7 +412,7 @@ impl StreamTransport {
     pub(crate) fn register(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         match slf.get().loop_of(py) {
-            Some(l) => l.get().register_transport(py, slf.get().fd, slf),
+            Some(l) => l.get().register_transport(py, slf.get().fd, slf.as_any()),
             None => Ok(()),
         }
     }
@@ -908,7 +908,7 @@ impl StreamTransport {
             )
         };
         if let Some(l) = &loop_ {
-            l.get().unregister_transport(py, this.fd, slf);
+            l.get().unregister_transport(py, this.fd, slf.as_any());
         }
         let closed = match &sock {
             Some(s) => close_socket(s.bind(py)),

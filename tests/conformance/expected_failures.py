@@ -31,9 +31,6 @@ EXPECTED_FAILURES = {
     # test_events
     'test_events.FerroloopEventLoopTests.test_add_signal_handler': 'not implemented yet: signals',
     'test_events.FerroloopEventLoopTests.test_bidirectional_pty': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint': 'not implemented yet: datagrams',
-    'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint_ipv6': 'not implemented yet: datagrams',
-    'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint_sock': 'not implemented yet: datagrams',
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv4': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv6': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_ssl': 'not implemented yet: TLS',
@@ -81,11 +78,6 @@ EXPECTED_FAILURES = {
     'test_streams.StreamTests.test_open_unix_connection_no_loop_ssl': 'not implemented yet: TLS',
     'test_streams.StreamTests.test_read_all_from_pipe_reader': 'not implemented yet: pipes',
     'test_streams.StreamTests.test_start_tls': 'not implemented yet: TLS',
-
-    # test_sock_lowlevel
-    'test_sock_lowlevel.FerroloopEventLoopTests.test_recvfrom': 'not implemented yet: datagrams',
-    'test_sock_lowlevel.FerroloopEventLoopTests.test_recvfrom_into': 'not implemented yet: datagrams',
-    'test_sock_lowlevel.FerroloopEventLoopTests.test_sendto_blocking': 'not implemented yet: datagrams',
 }
 
 # Per CPython version: entries that apply to that version alone.
@@ -99,9 +91,6 @@ ONLY_ON = {
         'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (a pipe's file from test_read_all_from_pipe_reader, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
     },
     '3.13': {
-        # test_events
-        'test_events.FerroloopEventLoopTests.test_datagram_send_to_non_listening_address': 'not implemented yet: datagrams',
-
         # test_streams
         'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (a pipe's file from test_read_all_from_pipe_reader, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
     },
