@@ -430,7 +430,10 @@ impl LoopCore {
         let mut garbage: Vec<Py<Handle>> = Vec::new();
         this.settle_last(py);
 
-        let (timeout, have_fds) = {
+        // Cancelled timers leave the heap first, and are dropped before the poll timeout
+        // is computed: dropping one may run a finalizer, which can schedule (the timeout
+        // must see it) and lets other threads run.
+        {
             let mut st = this.state.borrow_mut(py);
             let st = &mut *st;
             let n = st.timers.len();
@@ -450,6 +453,18 @@ impl LoopCore {
                     }
                 }
             }
+        }
+        for h in &garbage {
+            h.get().state.borrow_mut(py).scheduled = false;
+            Handle::release(h);
+        }
+        garbage.clear();
+
+        // From computing the timeout until `polling` is set, no Python code may run: it
+        // could let another thread in, whose call_soon_threadsafe would see `polling`
+        // still false and not wake a poll that then waits with a stale timeout.
+        let (timeout, have_fds) = {
+            let st = this.state.borrow(py);
             let timeout = if !st.ready.is_empty() || st.stopping {
                 Some(Duration::ZERO)
             } else if let Some((when, _)) = st.timers.peek() {
@@ -460,11 +475,6 @@ impl LoopCore {
             };
             (timeout, !st.fds.is_empty())
         };
-        for h in &garbage {
-            h.get().state.borrow_mut(py).scheduled = false;
-            Handle::release(h);
-        }
-        garbage.clear();
 
         // Poll. The GIL is released only when the poll may block.
         {
