@@ -468,7 +468,10 @@ impl LoopCore {
             let timeout = if !st.ready.is_empty() || st.stopping {
                 Some(Duration::ZERO)
             } else if let Some((when, _)) = st.timers.peek() {
-                let secs = (when - clock::monotonic()).clamp(0.0, MAX_SELECT_TIMEOUT);
+                // asyncio's min(max(0, when - now), MAXIMUM_SELECT_TIMEOUT): a deadline of
+                // -inf or NaN (then due at once) gives 0, +inf a day.
+                let secs = when - clock::monotonic();
+                let secs = if secs > 0.0 { secs.min(MAX_SELECT_TIMEOUT) } else { 0.0 };
                 Some(Duration::from_secs_f64(secs))
             } else {
                 None
@@ -995,16 +998,10 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        Self::schedule_timer(
-            slf,
-            clock::monotonic() + delay,
-            None,
-            callback,
-            args,
-            context,
-            "call_at",
-        )
+        let when = clock::monotonic() + delay.extract::<f64>()?;
+        // A NaN deadline is kept as one float object (see `HandleState::when_given`).
+        let given = when.is_nan().then(|| PyFloat::new(slf.py(), when).into_any().unbind());
+        Self::schedule_timer(slf, when, given, callback, args, context, "call_at")
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -1018,8 +1015,10 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+        let when_obj = when;
         let when: f64 = when.extract()?;
+        // A NaN float is kept too (see `HandleState::when_given`).
+        let given = (!when_obj.is_exact_instance_of::<PyFloat>() || when.is_nan()).then(|| when_obj.clone().unbind());
         Self::schedule_timer(slf, when, given, callback, args, context, "call_at")
     }
 
