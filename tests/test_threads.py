@@ -145,8 +145,11 @@ def test_call_soon_threadsafe_while_the_step_drops_cancelled_timers(loop):
         except BaseException as exc:  # noqa: BLE001 - recorded and checked below
             errors.append(exc)
 
+    finalized_while_running = []
+
     class Finalized:
         def __del__(self):
+            finalized_while_running.append(loop.is_running())
             # The other thread calls in while the loop's thread is in here.
             th = threading.Thread(target=call_from_another_thread)
             th.start()
@@ -170,6 +173,7 @@ def test_call_soon_threadsafe_while_the_step_drops_cancelled_timers(loop):
     second.cancel()
     del first, second
     loop.run_forever()
+    assert finalized_while_running == [True]  # in the step, not before it
     assert errors == []
     assert [what for what, _ in ran] == ["threadsafe"], f"the loop was not woken: {ran}"
 

@@ -3,12 +3,12 @@
 //! made. Cancelled timers stay in the heap until they reach its head or until the
 //! owner compacts it (asyncio's policy: more than 100 timers, over half cancelled).
 //!
-//! The heap is kept exactly as CPython's `heapq` keeps asyncio's: the same sift-up and
-//! sift-down (in the C module's form), the same pop and heapify, comparing with `<`
-//! alone. For deadlines that are numbers that changes nothing but the tie-breaker;
-//! a NaN deadline, which compares false with everything, then lands where it lands in
-//! asyncio's heap, and comes out (and disturbs the order of the others) just as it
-//! does there.
+//! The heap is kept exactly as CPython's `heapq` keeps asyncio's timers: the same
+//! sift-up, sift-down, pop and heapify, comparing with `<` alone (asyncio's
+//! `TimerHandle.__lt__`, plus scheduling order between equal deadlines). Numeric
+//! deadlines come out sorted whatever the heap's shape; a NaN deadline, which compares
+//! false with everything, stays where the sifting leaves it, and comes out (disturbing
+//! the order of the others) just where it does from asyncio's heap.
 
 /// One timer: its deadline, its place in scheduling order, and what it carries.
 struct Entry<T> {
@@ -128,9 +128,9 @@ impl<T> TimerHeap<T> {
         }
     }
 
-    /// heapq's `_siftup`: the entry at `pos` goes down to a leaf, each time swapping
+    /// heapq's `_siftup`: the entry at `start` goes down to a leaf, each time swapping
     /// with the smaller child (the right one unless the left is less), then rises back
-    /// (`sift_down`) no higher than `pos`.
+    /// (`sift_down`) no higher than `start`.
     fn sift_up(&mut self, start: usize) {
         let heap = &mut self.heap;
         let end = heap.len();
