@@ -27,7 +27,7 @@ use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
 use crate::transports::datagram::DatagramTransport;
-use crate::transports::stream::StreamTransport;
+use crate::transports::stream::{io_to_pyerr, StreamTransport};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
 const MAX_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -95,10 +95,13 @@ impl Ready {
 }
 
 /// The reader and writer watching one fd.
-#[derive(Default)]
 struct FdWatch {
     reader: Option<Watcher>,
     writer: Option<Watcher>,
+    /// The object (other than an int) that the watch function which began this
+    /// registration was given, as selectors keeps it in the key: once closed, a socket
+    /// says -1 for its fd, and the watch functions then find the registration by it.
+    fileobj: Option<Py<PyAny>>,
 }
 
 impl FdWatch {
@@ -108,6 +111,24 @@ impl FdWatch {
             writable: self.writer.is_some(),
         }
     }
+
+    fn slot(&mut self, read: bool) -> &mut Option<Watcher> {
+        if read {
+            &mut self.reader
+        } else {
+            &mut self.writer
+        }
+    }
+}
+
+/// What [`LoopCore::unwatch`] took out of the fd watches, to be dropped by the caller
+/// outside the borrow of the loop's state.
+struct Unwatched {
+    /// The reader or writer removed.
+    removed: Option<Watcher>,
+    /// When the poller refused the narrowed interest (the fd was closed meanwhile): its
+    /// error, and the rest of the fd's registration, dropped with it as selectors drops it.
+    failed: Option<(std::io::Error, FdWatch)>,
 }
 
 /// The poller and the waker; `None` once the loop is closed.
@@ -205,8 +226,10 @@ fn debug_mode_from_environment(py: Python<'_>) -> PyResult<bool> {
     Ok(std::env::var_os("PYTHONASYNCIODEBUG").is_some_and(|v| !v.is_empty()))
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
-fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// The number a watch function is given: an int as it is, else `int(obj.fileno())`
+/// (ValueError "Invalid file object" when that fails as `selectors._fileobj_to_fd` and
+/// asyncio's `_ensure_fd_no_transport` refuse it). Not checked for being a valid fd.
+fn fileobj_number(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
@@ -227,10 +250,7 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             Err(e) => return Err(e),
         }
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
-    }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    Ok(fd)
 }
 
 impl LoopCore {
@@ -445,9 +465,13 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let mut garbage: Vec<Py<Handle>> = Vec::new();
+        let mut stale_fds: Vec<FdWatch> = Vec::new();
         this.settle_last(py);
 
-        let (timeout, have_fds) = {
+        // Cancelled timers leave the heap first, and are dropped before the poll timeout
+        // is computed: dropping one may run a finalizer, which can schedule (the timeout
+        // must see it) and lets other threads run.
+        {
             let mut st = this.state.borrow_mut(py);
             let st = &mut *st;
             let n = st.timers.len();
@@ -467,21 +491,31 @@ impl LoopCore {
                     }
                 }
             }
+        }
+        for h in &garbage {
+            h.get().state.borrow_mut(py).scheduled = false;
+            Handle::release(h);
+        }
+        garbage.clear();
+
+        // From computing the timeout until `polling` is set, no Python code may run: it
+        // could let another thread in, whose call_soon_threadsafe would see `polling`
+        // still false and not wake a poll that then waits with a stale timeout.
+        let (timeout, have_fds) = {
+            let st = this.state.borrow(py);
             let timeout = if !st.ready.is_empty() || st.stopping {
                 Some(Duration::ZERO)
             } else if let Some((when, _)) = st.timers.peek() {
-                let secs = (when - clock::monotonic()).clamp(0.0, MAX_SELECT_TIMEOUT);
+                // asyncio's min(max(0, when - now), MAXIMUM_SELECT_TIMEOUT): a deadline of
+                // -inf or NaN (then due at once) gives 0, +inf a day.
+                let secs = when - clock::monotonic();
+                let secs = if secs > 0.0 { secs.min(MAX_SELECT_TIMEOUT) } else { 0.0 };
                 Some(Duration::from_secs_f64(secs))
             } else {
                 None
             };
             (timeout, !st.fds.is_empty())
         };
-        for h in &garbage {
-            h.get().state.borrow_mut(py).scheduled = false;
-            Handle::release(h);
-        }
-        garbage.clear();
 
         // Poll. The GIL is released only when the poll may block.
         {
@@ -533,9 +567,11 @@ impl LoopCore {
                 }
             }
             for (fd, read) in cancelled_fds {
-                if let Some(Watcher::Handle(h)) = Self::unwatch(st, &io.poller, fd, read) {
+                let u = Self::unwatch(st, &io.poller, fd, read);
+                if let Some(Watcher::Handle(h)) = u.removed {
                     garbage.push(h);
                 }
+                stale_fds.extend(u.failed.map(|(_, rest)| rest));
             }
 
             // Timers that are due.
@@ -546,6 +582,7 @@ impl LoopCore {
             }
         }
         drop(garbage);
+        drop(stale_fds);
         // Other threads may have scheduled while the poll let go of the GIL; what runs in
         // this step must be settled before it leaves the queue.
         this.settle_last(py);
@@ -604,20 +641,34 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Removes the reader (`read`) or writer of `fd`, updating the poller. Returns the
-    /// removed handle, to be cancelled and dropped by the caller outside the borrow.
-    fn unwatch(st: &mut LoopState, poller: &Poller, fd: RawFd, read: bool) -> Option<Watcher> {
-        let w = st.fds.get_mut(&fd)?;
-        let old = if read { w.reader.take() } else { w.writer.take() };
+    /// Removes the reader (`read`) or writer of `fd`, updating the poller as selectors
+    /// does: no system call when the interest stays the same, and the whole registration
+    /// dropped when the poller refuses to narrow it. What comes out is to be cancelled
+    /// and dropped by the caller outside the borrow.
+    fn unwatch(st: &mut LoopState, poller: &Poller, fd: RawFd, read: bool) -> Unwatched {
+        let Some(w) = st.fds.get_mut(&fd) else {
+            return Unwatched {
+                removed: None,
+                failed: None,
+            };
+        };
+        let before = w.interest();
+        let removed = w.slot(read).take();
         let interest = w.interest();
+        let mut failed = None;
         if interest.is_empty() {
             st.fds.remove(&fd);
-            // The fd may already be closed; the kernel then forgot it already.
+            // The fd may be closed already, and the kernel then forgot it (EBADF), or its
+            // number may name another file now (ENOENT): as selectors, that is fine.
             let _ = poller.deregister(fd);
-        } else {
-            let _ = poller.modify(fd, interest, fd as u64);
+        } else if interest != before {
+            if let Err(e) = poller.modify(fd, interest, fd as u64) {
+                let rest = st.fds.remove(&fd).expect("the entry is there");
+                let _ = poller.deregister(fd);
+                failed = Some((e, rest));
+            }
         }
-        old
+        Unwatched { removed, failed }
     }
 
     fn watch(
@@ -630,11 +681,13 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let fd_obj = fd;
-        let fd = fileobj_to_fd(fd)?;
-        this.ensure_fd_no_transport(py, fd_obj, fd)?;
+        let number = fileobj_number(fd_obj)?;
+        this.ensure_fd_no_transport(py, fd_obj, number)?;
         this.check_closed(py)?;
         let handle = Self::new_handle(slf, callback, args, None, false)?;
-        let old = this.watch_raw(py, fd, Watcher::Handle(handle.clone_ref(py)), read)?;
+        let fd = this.lookup_fd(py, fd_obj, number)?;
+        let fileobj = (!fd_obj.is_instance_of::<PyInt>()).then(|| fd_obj.clone().unbind());
+        let old = this.watch_fd(py, fd, Watcher::Handle(handle.clone_ref(py)), read, fileobj)?;
         if let Some(Watcher::Handle(old)) = old {
             Handle::do_cancel(old.bind(py))?;
         }
@@ -646,63 +699,120 @@ impl LoopCore {
         &self,
         py: Python<'_>,
         fd: RawFd,
-        handle: Watcher,
+        watcher: Watcher,
         read: bool,
     ) -> PyResult<Option<Watcher>> {
-        let this = self;
-        let old = {
-            let io = this.io.borrow(py);
+        self.watch_fd(py, fd, watcher, read, None)
+    }
+
+    /// `watch_raw`, recording `fileobj` when this begins the fd's registration. The poller
+    /// is told as selectors tells it: nothing when the interest stays the same; and when
+    /// it refuses a new interest, the whole registration is dropped (what watched the fd
+    /// is not cancelled) and its error raised.
+    fn watch_fd(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        watcher: Watcher,
+        read: bool,
+        fileobj: Option<Py<PyAny>>,
+    ) -> PyResult<Option<Watcher>> {
+        let (result, dropped) = {
+            let io = self.io.borrow(py);
             let Some(io) = io.as_ref() else {
                 return Err(PyRuntimeError::new_err("Event loop is closed"));
             };
-            let mut st = this.state.borrow_mut(py);
-            let existed = st.fds.contains_key(&fd);
-            let w = st.fds.entry(fd).or_default();
-            let old = if read {
-                w.reader.replace(handle)
-            } else {
-                w.writer.replace(handle)
-            };
-            let interest = w.interest();
-            let r = if existed {
-                io.poller.modify(fd, interest, fd as u64)
-            } else {
-                io.poller.register(fd, interest, fd as u64)
-            };
-            if let Err(e) = r {
-                // Undo: the fd is not watched after a failed registration.
-                let w = st.fds.get_mut(&fd).expect("entry just inserted");
-                let new = if read {
-                    std::mem::replace(&mut w.reader, old)
-                } else {
-                    std::mem::replace(&mut w.writer, old)
-                };
-                if !existed {
-                    st.fds.remove(&fd);
+            let mut st = self.state.borrow_mut(py);
+            match st.fds.entry(fd) {
+                std::collections::hash_map::Entry::Occupied(mut entry) => {
+                    let w = entry.get_mut();
+                    let before = w.interest();
+                    let old = w.slot(read).replace(watcher);
+                    let interest = w.interest();
+                    match (interest != before).then(|| io.poller.modify(fd, interest, fd as u64)) {
+                        Some(Err(e)) => {
+                            let all = entry.remove();
+                            let _ = io.poller.deregister(fd);
+                            (Err(e), Some((all, old)))
+                        }
+                        _ => (Ok(old), None),
+                    }
                 }
-                drop(st);
-                drop(new);
-                return Err(os_error(e));
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let mut w = FdWatch {
+                        reader: None,
+                        writer: None,
+                        fileobj,
+                    };
+                    *w.slot(read) = Some(watcher);
+                    match io.poller.register(fd, w.interest(), fd as u64) {
+                        Ok(()) => {
+                            entry.insert(w);
+                            (Ok(None), None)
+                        }
+                        Err(e) => (Err(e), Some((w, None))),
+                    }
+                }
             }
-            old
         };
-        Ok(old)
+        drop(dropped);
+        result.map_err(io_to_pyerr)
+    }
+
+    /// Stops watching `fd` for reading (`read`) or writing; returns what watched it, and
+    /// the poller's error when it refused to narrow the interest (the registration is
+    /// then dropped whole).
+    fn unwatch_fd(&self, py: Python<'_>, fd: RawFd, read: bool) -> (Option<Watcher>, Option<std::io::Error>) {
+        let u = {
+            let io = self.io.borrow(py);
+            let Some(io) = io.as_ref() else {
+                return (None, None);
+            };
+            let mut st = self.state.borrow_mut(py);
+            if st.closed {
+                return (None, None);
+            }
+            Self::unwatch(&mut st, &io.poller, fd, read)
+        };
+        let error = u.failed.map(|(e, rest)| {
+            drop(rest);
+            e
+        });
+        (u.removed, error)
     }
 
     /// Stops watching `fd` for reading (`read`) or writing; returns what watched it.
     pub(crate) fn unwatch_raw(&self, py: Python<'_>, fd: RawFd, read: bool) -> Option<Watcher> {
-        let io = self.io.borrow(py);
-        let io = io.as_ref()?;
-        let mut st = self.state.borrow_mut(py);
-        if st.closed {
-            return None;
+        self.unwatch_fd(py, fd, read).0
+    }
+
+    /// selectors' `_fileobj_lookup`: the fd that `number` (from [`fileobj_number`]) is,
+    /// or, when it is not a valid fd (a closed socket's -1), the fd `obj` was registered
+    /// with, if it was.
+    fn lookup_fd(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, number: i64) -> PyResult<RawFd> {
+        if number >= 0 {
+            if let Ok(fd) = RawFd::try_from(number) {
+                return Ok(fd);
+            }
+        } else if !obj.is_instance_of::<PyInt>() {
+            let st = self.state.borrow(py);
+            let found = st
+                .fds
+                .iter()
+                .find(|(_, w)| w.fileobj.as_ref().is_some_and(|o| o.is(obj)));
+            if let Some((&fd, _)) = found {
+                return Ok(fd);
+            }
         }
-        Self::unwatch(&mut st, &io.poller, fd, read)
+        Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")))
     }
 
     /// asyncio's `_ensure_fd_no_transport`: an fd owned by an open transport is not
-    /// for `add_reader` and friends.
-    fn ensure_fd_no_transport(&self, py: Python<'_>, fd_obj: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<()> {
+    /// for `add_reader` and friends. `number` comes from [`fileobj_number`].
+    fn ensure_fd_no_transport(&self, py: Python<'_>, fd_obj: &Bound<'_, PyAny>, number: i64) -> PyResult<()> {
+        let Ok(fd) = RawFd::try_from(number) else {
+            return Ok(());
+        };
         let t = self.state.borrow(py).transports.get(&fd).map(|t| t.clone_ref(py));
         let Some(t) = t.and_then(|w| w.bind(py).upgrade()) else {
             return Ok(());
@@ -773,14 +883,26 @@ impl LoopCore {
         Ok(())
     }
 
+    /// `remove_reader` (`read`) and `remove_writer`, as asyncio's: the object is checked
+    /// for a transport first, then a closed loop has nothing to remove, then the fd is
+    /// looked up (by the object itself if it has no valid fd any more).
     fn unwatch_py(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, read: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let fd_obj = fd;
-        let fd = fileobj_to_fd(fd)?;
-        this.ensure_fd_no_transport(py, fd_obj, fd)?;
-        match this.unwatch_raw(py, fd, read) {
-            Some(Watcher::Handle(h)) => {
+        let number = fileobj_number(fd_obj)?;
+        this.ensure_fd_no_transport(py, fd_obj, number)?;
+        if this.closed(py) {
+            return Ok(false);
+        }
+        let fd = this.lookup_fd(py, fd_obj, number)?;
+        match this.unwatch_fd(py, fd, read) {
+            // As selectors, which raises before it cancels anything.
+            (removed, Some(e)) => {
+                drop(removed);
+                Err(io_to_pyerr(e))
+            }
+            (Some(Watcher::Handle(h)), None) => {
                 Handle::do_cancel(h.bind(py))?;
                 Ok(true)
             }
@@ -1013,16 +1135,10 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        Self::schedule_timer(
-            slf,
-            clock::monotonic() + delay,
-            None,
-            callback,
-            args,
-            context,
-            "call_at",
-        )
+        let when = clock::monotonic() + delay.extract::<f64>()?;
+        // A NaN deadline is kept as one float object (see `HandleState::when_given`).
+        let given = when.is_nan().then(|| PyFloat::new(slf.py(), when).into_any().unbind());
+        Self::schedule_timer(slf, when, given, callback, args, context, "call_at")
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -1036,8 +1152,10 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let given = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+        let when_obj = when;
         let when: f64 = when.extract()?;
+        // A NaN float is kept too (see `HandleState::when_given`).
+        let given = (!when_obj.is_exact_instance_of::<PyFloat>() || when.is_nan()).then(|| when_obj.clone().unbind());
         Self::schedule_timer(slf, when, given, callback, args, context, "call_at")
     }
 
@@ -1475,6 +1593,7 @@ impl LoopCore {
                 for watcher in [&w.reader, &w.writer].into_iter().flatten() {
                     watcher.visit(&visit)?;
                 }
+                visit.call(&w.fileobj)?;
             }
             for t in st.transports.values() {
                 visit.call(t)?;

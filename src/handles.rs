@@ -24,7 +24,9 @@ pub(crate) struct HandleState {
     /// Where the handle was made, in debug mode (a list of FrameSummary).
     pub(crate) source_traceback: Option<Py<PyAny>>,
     /// For timers: the `when` given to `call_at` when it was not a float (an int, say),
-    /// which `when()` returns as asyncio does; the heap orders by its float value.
+    /// which `when()` returns as asyncio does; the heap orders by its float value. Also
+    /// kept for a NaN deadline, so that `when()` is one object whose hash (a NaN's is
+    /// its identity's) stays the handle's hash, as in asyncio.
     pub(crate) when_given: Option<Py<PyAny>>,
     /// The repr taken at cancel time in debug mode, kept for slow-callback warnings.
     pub(crate) repr: Option<Py<PyAny>>,
@@ -533,19 +535,40 @@ impl TimerHandle {
         Self::when_as_given(slf).bind(slf.py()).hash()
     }
 
-    fn __richcmp__(&self, other: &Bound<'_, PyAny>, op: pyo3::basic::CompareOp) -> PyResult<Py<PyAny>> {
+    /// asyncio's comparisons: `<` and `>` by deadline; `==` when the deadline, callback,
+    /// arguments and cancelled state are all equal (so a handle with a NaN deadline is
+    /// not equal to itself); `<=` and `>=` as `<` or `==`, `>` or `==`.
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: pyo3::basic::CompareOp) -> PyResult<Py<PyAny>> {
+        use pyo3::basic::CompareOp;
         let py = other.py();
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let (a, b) = (self.when, other.get().when);
+        let (a, b) = (slf.get().when, other.get().when);
+        let eq = || -> PyResult<bool> {
+            if a != b {
+                return Ok(false);
+            }
+            let parts = |h: &Bound<'_, TimerHandle>| {
+                let st = h.as_super().get().state.borrow(py);
+                let cb = st.callback.as_ref().map(|c| c.clone_ref(py).into_any());
+                let args = st.args.as_ref().map(|a| a.clone_ref(py).into_any());
+                (cb, args, st.cancelled)
+            };
+            let (cb_a, args_a, cancelled_a) = parts(slf);
+            let (cb_b, args_b, cancelled_b) = parts(other);
+            let same = |x: Option<Py<PyAny>>, y: Option<Py<PyAny>>| -> PyResult<bool> {
+                x.into_pyobject(py)?.eq(y.into_pyobject(py)?)
+            };
+            Ok(same(cb_a, cb_b)? && same(args_a, args_b)? && cancelled_a == cancelled_b)
+        };
         let r = match op {
-            pyo3::basic::CompareOp::Lt => a < b,
-            pyo3::basic::CompareOp::Le => a <= b,
-            pyo3::basic::CompareOp::Gt => a > b,
-            pyo3::basic::CompareOp::Ge => a >= b,
-            pyo3::basic::CompareOp::Eq => std::ptr::eq(self, other.get()) || a == b,
-            pyo3::basic::CompareOp::Ne => !(std::ptr::eq(self, other.get()) || a == b),
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || eq()?,
+            CompareOp::Ge => a > b || eq()?,
+            CompareOp::Eq => eq()?,
+            CompareOp::Ne => !eq()?,
         };
         Ok(pyo3::types::PyBool::new(py, r).to_owned().into_any().unbind())
     }

@@ -387,3 +387,136 @@ def test_close_with_registered_readers(loop, socks):
     # The sockets themselves are left alone.
     b.send(b"x")
     assert a.recv(1) == b"x"
+
+
+# ------------------------------------------- watched objects closed since
+#
+# asyncio's selector keeps the object each registration was made with, and looks a
+# registration up by that object when the object has no valid fd any more
+# (selectors' _fileobj_lookup): a closed socket's fileno() is -1. Before that,
+# asyncio's _ensure_fd_no_transport refuses an object whose fileno() raises.
+
+
+@pytest.mark.parametrize("method", ["reader", "writer"])
+def test_remove_the_watch_of_a_socket_closed_since(loop, socks, method):
+    a, _ = socks
+    ran = []
+    getattr(loop, f"add_{method}")(a, ran.append, method)
+    a.close()
+    assert getattr(loop, f"remove_{method}")(a) is True
+    # Gone: the closed socket is an invalid fd again.
+    for remove in ("remove_reader", "remove_writer"):
+        with pytest.raises(ValueError, match="^Invalid file descriptor: -1$"):
+            getattr(loop, remove)(a)
+    run_one_batch(loop)
+    assert ran == []
+
+
+@pytest.mark.parametrize("method", ["reader", "writer"])
+def test_remove_the_watch_of_a_socket_closed_since_and_its_number_reused(loop, method):
+    a, b = socket.socketpair()
+    b.close()
+    fd = a.fileno()
+    getattr(loop, f"add_{method}")(a, lambda: None)
+    a.close()
+    c, d = socket.socketpair()
+    try:
+        if fd not in (c.fileno(), d.fileno()):
+            pytest.skip("the closed socket's fd number was not reused")
+        # The kernel dropped the closed socket's registration: removing it asks epoll
+        # about a number that now names an unregistered socket (ENOENT), which is fine.
+        assert getattr(loop, f"remove_{method}")(a) is True
+        with pytest.raises(ValueError, match="^Invalid file descriptor: -1$"):
+            getattr(loop, f"remove_{method}")(a)
+        assert getattr(loop, f"remove_{method}")(fd) is False
+    finally:
+        c.close()
+        d.close()
+
+
+@pytest.mark.parametrize("method", ["reader", "writer"])
+def test_remove_the_watch_of_an_fd_closed_since(loop, method):
+    a, b = socket.socketpair()
+    fd = a.detach()
+    b.close()
+    getattr(loop, f"add_{method}")(fd, lambda: None)
+    os.close(fd)
+    # epoll_ctl(DEL) fails with EBADF: the kernel forgot the fd when it was closed.
+    assert getattr(loop, f"remove_{method}")(fd) is True
+    assert getattr(loop, f"remove_{method}")(fd) is False
+
+
+@pytest.mark.parametrize("method", ["reader", "writer"])
+def test_remove_one_watch_of_a_socket_closed_since_while_the_other_stays(loop, socks, method):
+    """Narrowing the registration takes epoll_ctl(MOD), which fails for the closed fd:
+    asyncio's selector then drops the whole registration and raises."""
+    a, _ = socks
+    ran = []
+    loop.add_reader(a, ran.append, "reader")
+    loop.add_writer(a, ran.append, "writer")
+    a.close()
+    with pytest.raises(OSError) as excinfo:
+        getattr(loop, f"remove_{method}")(a)
+    assert type(excinfo.value) is OSError
+    assert excinfo.value.errno == errno.EBADF
+    assert str(excinfo.value) == f"[Errno {errno.EBADF}] {os.strerror(errno.EBADF)}"
+    for remove in ("remove_reader", "remove_writer"):
+        with pytest.raises(ValueError, match="^Invalid file descriptor: -1$"):
+            getattr(loop, remove)(a)
+    run_one_batch(loop)
+    assert ran == []
+
+
+def test_add_to_the_watch_of_a_socket_closed_since(loop, socks):
+    a, _ = socks
+    ran = []
+    loop.add_reader(a, ran.append, "first")
+    a.close()
+    # The same interest: only the callback changes, nothing reaches the kernel.
+    loop.add_reader(a, ran.append, "second")
+    # Another interest takes epoll_ctl(MOD), which fails: the registration is dropped.
+    with pytest.raises(OSError) as excinfo:
+        loop.add_writer(a, ran.append, "writer")
+    assert type(excinfo.value) is OSError
+    assert excinfo.value.errno == errno.EBADF
+    for remove in ("remove_reader", "remove_writer"):
+        with pytest.raises(ValueError, match="^Invalid file descriptor: -1$"):
+            getattr(loop, remove)(a)
+    # A closed socket that was never watched is an invalid fd.
+    for add in ("add_reader", "add_writer"):
+        with pytest.raises(ValueError, match="^Invalid file descriptor: -1$"):
+            getattr(loop, add)(a, ran.append, add)
+    run_one_batch(loop)
+    assert ran == []
+
+
+def test_remove_the_watch_of_a_file_object_closed_since(loop):
+    r, w = os.pipe()
+    f = os.fdopen(r, "rb", buffering=0)
+    try:
+        loop.add_reader(f, lambda: None)
+        f.close()
+        # Its fileno() now raises: refused before the registration is looked up.
+        with pytest.raises(ValueError, match=r"^Invalid file object: <_io\.FileIO \[closed\]>$"):
+            loop.remove_reader(f)
+        with pytest.raises(ValueError, match=r"^Invalid file object: <_io\.FileIO \[closed\]>$"):
+            loop.add_reader(f, lambda: None)
+        # Still registered, under its number.
+        assert loop.remove_reader(r) is True
+    finally:
+        f.close()
+        os.close(w)
+
+
+def test_watch_functions_with_a_closed_socket_on_a_closed_loop(loop, socks):
+    a, _ = socks
+    loop.add_reader(a, lambda: None)
+    a.close()
+    never_watched = closed_socket()
+    loop.close()
+    for sock in (a, never_watched):
+        for add in ("add_reader", "add_writer"):
+            with pytest.raises(RuntimeError, match="^Event loop is closed$"):
+                getattr(loop, add)(sock, lambda: None)
+        for remove in ("remove_reader", "remove_writer"):
+            assert getattr(loop, remove)(sock) is False

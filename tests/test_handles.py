@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import functools
+import math
 import re
+import sys
 
 import pytest
 from versions import repr_args
@@ -174,6 +176,65 @@ def test_timer_handles_compare_by_when(loop):
     assert not late < early
     early.cancel()
     late.cancel()
+
+
+ODD_DEADLINES = {
+    # how: (schedule, str(when()))
+    "call_at(nan)": (lambda loop: loop.call_at(math.nan, callback), "nan"),
+    "call_later(nan)": (lambda loop: loop.call_later(math.nan, callback), "nan"),
+    "call_at(inf)": (lambda loop: loop.call_at(math.inf, callback), "inf"),
+    "call_later(inf)": (lambda loop: loop.call_later(math.inf, callback), "inf"),
+    "call_at(-inf)": (lambda loop: loop.call_at(-math.inf, callback), "-inf"),
+    "call_later(-inf)": (lambda loop: loop.call_later(-math.inf, callback), "-inf"),
+    "call_at(max)": (lambda loop: loop.call_at(sys.float_info.max, callback), "1.7976931348623157e+308"),
+    "call_later(max)": (lambda loop: loop.call_later(sys.float_info.max, callback), "1.7976931348623157e+308"),
+    "call_later(1e300)": (lambda loop: loop.call_later(1e300, callback), "1e+300"),
+    "call_later(-1e300)": (lambda loop: loop.call_later(-1e300, callback), "-1e+300"),
+    "call_at(2**1023)": (lambda loop: loop.call_at(2**1023, callback), str(2**1023)),
+    "call_at(-10**300)": (lambda loop: loop.call_at(-(10**300), callback), str(-(10**300))),
+}
+
+
+@pytest.mark.parametrize("how", list(ODD_DEADLINES))
+def test_timer_handle_when_and_repr_with_odd_deadlines(loop, oracle_loop, how):
+    schedule, text = ODD_DEADLINES[how]
+    h = schedule(loop)
+    oracle = schedule(oracle_loop)
+    assert type(h.when()) is type(oracle.when())
+    assert str(h.when()) == str(oracle.when()) == text
+    assert repr(h) == repr(oracle) == f"<TimerHandle when={text} callback() at {src(callback)}>"
+    # The hash is the deadline's, and stays: for a NaN (whose hash is its identity's)
+    # because when() gives the same object each time.
+    assert hash(h) == hash(h.when()) == hash(h)
+    assert h in {h}
+    if text == "nan":
+        assert h.when() is h.when()
+    h.cancel()
+    oracle.cancel()
+    assert repr(h) == repr(oracle) == f"<TimerHandle cancelled when={text}>"
+
+
+def test_timer_handle_comparisons_with_odd_deadlines(loop):
+    nan = loop.call_at(math.nan, callback)
+    inf = loop.call_at(math.inf, callback)
+    ninf = loop.call_at(-math.inf, callback)
+    num = loop.call_at(5.0, callback)
+    # A NaN deadline compares false with every deadline, its own included.
+    assert not nan == nan and nan != nan
+    assert not nan <= nan and not nan >= nan
+    assert not nan < num and not nan > num and not nan <= num and not nan >= num
+    assert not num < nan and not num > nan and nan != num
+    assert ninf < num < inf and inf > num > ninf
+    assert ninf <= ninf and inf >= inf and inf == inf and not inf != inf
+    # Equal deadlines are equal handles only with equal callbacks, arguments and state.
+    same = loop.call_at(5.0, callback)
+    other = loop.call_at(5.0, print)
+    assert num == same and num <= same and num >= same
+    assert num != other and not num <= other and not num >= other
+    same.cancel()
+    assert num != same
+    for h in (nan, inf, ninf, num, other):
+        h.cancel()
 
 
 def test_plain_handle_methods_return_none(loop):

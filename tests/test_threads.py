@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 N_THREADS = 8
 CALLS_PER_THREAD = 2000
 WATCHDOG_SECONDS = 10.0
+FINALIZED = contextvars.ContextVar("FINALIZED")
 
 
 def test_call_soon_threadsafe_from_many_threads_loses_nothing(loop):
@@ -123,6 +125,57 @@ def test_call_soon_threadsafe_wakes_a_loop_blocked_in_poll(loop, waiting_on):
     # A correct loop wakes within milliseconds; this bound only catches a loop
     # that was not woken by the call at all.
     assert latency[0] < WATCHDOG_SECONDS / 2, f"woken after {latency[0]:.3f}s"
+
+
+def test_call_soon_threadsafe_while_the_step_drops_cancelled_timers(loop):
+    """The run step drops the cancelled timers at the head of the heap before it
+    polls. Dropping one may run a finalizer, which lets other threads run; a
+    call_soon_threadsafe made from another thread then must not wait for the
+    poll's timeout (here a watchdog timer; without one, forever)."""
+    ran = []
+    errors = []
+
+    def on_call(sent_at):
+        ran.append(("threadsafe", time.monotonic() - sent_at))
+        loop.stop()
+
+    def call_from_another_thread():
+        try:
+            loop.call_soon_threadsafe(on_call, time.monotonic())
+        except BaseException as exc:  # noqa: BLE001 - recorded and checked below
+            errors.append(exc)
+
+    finalized_while_running = []
+
+    class Finalized:
+        def __del__(self):
+            finalized_while_running.append(loop.is_running())
+            # The other thread calls in while the loop's thread is in here.
+            th = threading.Thread(target=call_from_another_thread)
+            th.start()
+            th.join()
+
+    def watchdog():
+        ran.append(("watchdog", None))
+        loop.stop()
+
+    # Only the first timer holds the object, in its context (cancel() drops a handle's
+    # callback and arguments at once, its context only with the handle). Both timers
+    # are cancelled, so the step drops both before it polls (asyncio drops the first
+    # as it goes on to the second).
+    context = contextvars.Context()
+    context.run(FINALIZED.set, Finalized())
+    first = loop.call_later(1, lambda: None, context=context)
+    del context
+    second = loop.call_later(2, lambda: None)
+    loop.call_later(WATCHDOG_SECONDS / 2, watchdog)
+    first.cancel()
+    second.cancel()
+    del first, second
+    loop.run_forever()
+    assert finalized_while_running == [True]  # in the step, not before it
+    assert errors == []
+    assert [what for what, _ in ran] == ["threadsafe"], f"the loop was not woken: {ran}"
 
 
 def test_call_soon_threadsafe_wakes_the_loop_repeatedly(loop):

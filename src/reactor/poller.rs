@@ -4,7 +4,8 @@
 //! readable, so readiness is level-triggered here (mio is edge-triggered, which
 //! would lose events for a callback that does not drain the fd).
 //! Timeouts use `epoll_pwait2` (nanoseconds) where the kernel has it, so timers are
-//! not rounded up to whole milliseconds, and fall back to `epoll_wait`.
+//! not rounded up to whole milliseconds, and fall back to the millisecond poll
+//! (`epoll_pwait` with no mask, rounding up) where it is missing or refused.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -57,9 +58,21 @@ pub struct Event {
     pub writable: bool,
 }
 
-/// Set once the kernel answers ENOSYS to epoll_pwait2; from then on the millisecond poll
-/// (`epoll_pwait` with no mask) is used.
+/// Set once epoll_pwait2 is found missing (ENOSYS: a kernel older than 5.11) or refused
+/// (EPERM: a seccomp profile older than the call, as some container runtimes install,
+/// answers so for every call it does not know); from then on the millisecond poll
+/// (`epoll_pwait` with no mask) is used. epoll_pwait2 itself never fails with EPERM.
 static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+
+/// The millisecond poll's timeout: -1 (no limit) for `None`, else `timeout` rounded up to
+/// whole milliseconds, never down (waking early would spin until the deadline), at most
+/// `c_int::MAX`.
+fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+    match timeout {
+        None => -1,
+        Some(t) => t.as_nanos().div_ceil(1_000_000).min(libc::c_int::MAX as u128) as libc::c_int,
+    }
+}
 
 /// The kernel's signal set size (`_NSIG / 8`), which `epoll_pwait` checks against only
 /// when given a mask.
@@ -181,20 +194,13 @@ impl Poller {
                     return Ok(r as usize);
                 }
                 let err = io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::ENOSYS) {
+                if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
                     return Err(err);
                 }
                 NO_PWAIT2.store(true, Ordering::Relaxed);
             }
         }
-        let ms: libc::c_int = match timeout {
-            None => -1,
-            // Round up: waking early would spin until the deadline.
-            Some(t) => {
-                let ms = t.as_nanos().div_ceil(1_000_000);
-                ms.min(libc::c_int::MAX as u128) as libc::c_int
-            }
-        };
+        let ms = timeout_ms(timeout);
         // epoll_pwait with no signal mask is epoll_wait, and every architecture has it
         // (arm64 has no epoll_wait of its own).
         let no_mask = std::ptr::null::<libc::sigset_t>();
@@ -256,6 +262,122 @@ mod tests {
         p.wait(&mut evs, Some(Duration::from_micros(200))).unwrap();
         let dt = t0.elapsed();
         assert!(dt >= Duration::from_micros(200));
+    }
+
+    #[test]
+    fn millisecond_timeouts_round_up() {
+        let ms = |ns: u64| timeout_ms(Some(Duration::from_nanos(ns)));
+        assert_eq!(timeout_ms(None), -1);
+        assert_eq!(ms(0), 0);
+        assert_eq!(ms(1), 1);
+        assert_eq!(ms(999_999), 1);
+        assert_eq!(ms(1_000_000), 1);
+        assert_eq!(ms(1_000_001), 2);
+        assert_eq!(ms(1_500_000), 2);
+        assert_eq!(ms(86_400_000_000_000), 86_400_000);
+        assert_eq!(timeout_ms(Some(Duration::MAX)), libc::c_int::MAX);
+    }
+
+    /// What the forked child of `refused_pwait2_falls_back` reports by its exit status.
+    const CHILD_OK: i32 = 0;
+    const CHILD_NO_SECCOMP: i32 = 10;
+    const CHILD_NOT_REFUSED: i32 = 11;
+    const CHILD_WAIT_FAILED: i32 = 12;
+    const CHILD_WOKE_EARLY: i32 = 13;
+    const CHILD_NO_FALLBACK: i32 = 14;
+
+    /// The child: installs a seccomp filter that answers EPERM to epoll_pwait2, as a
+    /// container profile that predates the call does, then polls with a timeout just
+    /// over one millisecond. Makes system calls only: no allocation, no lock another
+    /// thread of the parent may have held at fork.
+    fn refused_pwait2_child(p: &Poller, evs: &mut Events) -> i32 {
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        // Only the call's number is looked at: the child makes native calls alone.
+        let filter = [
+            stmt(
+                libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+                std::mem::offset_of!(libc::seccomp_data, nr) as u32,
+            ),
+            libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_epoll_pwait2 as u32,
+            },
+            stmt(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            ),
+            stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as libc::c_ushort,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        if syscall!(prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).is_err() {
+            return CHILD_NO_SECCOMP;
+        }
+        let mode = libc::SECCOMP_SET_MODE_FILTER;
+        let prog_ptr = &prog as *const libc::sock_fprog;
+        if raw_syscall!(libc::SYS_seccomp, mode, 0, prog_ptr).is_err() {
+            return CHILD_NO_SECCOMP;
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let (epfd, buf, ts_ptr) = (p.epfd.as_raw_fd(), evs.raw.as_mut_ptr(), &ts as *const libc::timespec);
+        let r = raw_syscall!(libc::SYS_epoll_pwait2, epfd, buf, 1, ts_ptr, 0, 0);
+        if r.map_err(|e| e.raw_os_error()) != Err(Some(libc::EPERM)) {
+            return CHILD_NOT_REFUSED;
+        }
+        let t0 = std::time::Instant::now();
+        if p.wait(evs, Some(Duration::from_nanos(1_000_001))).is_err() {
+            return CHILD_WAIT_FAILED;
+        }
+        // Rounded up to 2 ms, not down to 1.
+        if t0.elapsed() < Duration::from_millis(2) {
+            return CHILD_WOKE_EARLY;
+        }
+        if !NO_PWAIT2.load(Ordering::Relaxed) {
+            return CHILD_NO_FALLBACK;
+        }
+        CHILD_OK
+    }
+
+    #[test]
+    fn refused_pwait2_falls_back_to_the_millisecond_poll() {
+        // In a child process: the filter cannot be taken back, and the fallback, once
+        // taken, holds for the whole process.
+        let p = Poller::new().unwrap();
+        let mut evs = Events::with_capacity(8);
+        // SAFETY: fork(2). The child runs `refused_pwait2_child`, which makes only system
+        // calls on memory allocated before the fork, and leaves with _exit(2), running
+        // no destructor and no atexit handler of the parent's.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            let code = refused_pwait2_child(&p, &mut evs);
+            // SAFETY: _exit(2) ends the child at once; nothing of it is used after.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        syscall!(waitpid(pid, &mut status, 0)).unwrap();
+        assert!(libc::WIFEXITED(status), "the child did not exit: status {status:#x}");
+        match libc::WEXITSTATUS(status) {
+            CHILD_OK => {}
+            CHILD_NO_SECCOMP => {
+                // Not a failure of the poller: this machine cannot run the test.
+                eprintln!("seccomp filters are not available here: refused epoll_pwait2 not tested");
+            }
+            CHILD_NOT_REFUSED => panic!("the seccomp filter did not refuse epoll_pwait2"),
+            CHILD_WAIT_FAILED => panic!("a poll with a timeout failed when epoll_pwait2 was refused"),
+            CHILD_WOKE_EARLY => panic!("the millisecond poll woke before the timeout"),
+            CHILD_NO_FALLBACK => panic!("the poll did not switch to the millisecond poll"),
+            code => panic!("the child exited with {code}"),
+        }
     }
 
     #[test]
