@@ -23,7 +23,6 @@ Comments in this file are not kept by the regeneration.
 
 EXPECTED_FAILURES = {
     # test_events
-    'test_events.FerroloopEventLoopTests.test_add_signal_handler': 'not implemented yet: signals',
     'test_events.FerroloopEventLoopTests.test_bidirectional_pty': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint': 'not implemented yet: datagrams',
     'test_events.FerroloopEventLoopTests.test_create_datagram_endpoint_ipv6': 'not implemented yet: datagrams',
@@ -41,8 +40,6 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl_verify_failed': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_read_pipe': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_read_pty_output': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_signal_handling_args': 'not implemented yet: signals',
-    'test_events.FerroloopEventLoopTests.test_signal_handling_while_selecting': 'not implemented yet: signals',
     'test_events.FerroloopEventLoopTests.test_ssl_connect_accepted_socket': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_after_finish': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_client_stream': 'not implemented yet: subprocesses',
@@ -63,13 +60,6 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_write_pipe': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_write_pipe_disconnect_on_close': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_write_pty': 'not implemented yet: pipes',
-    'test_events.TestCGetEventLoop.test_get_event_loop_new_process': 'not implemented yet: signals',
-    'test_events.TestCGetEventLoop.test_get_event_loop_returns_running_loop': 'not implemented yet: signals',
-    'test_events.TestCGetEventLoop.test_get_event_loop_returns_running_loop2': 'not implemented yet: signals',
-    'test_events.TestPyGetEventLoop.test_get_event_loop_new_process': 'not implemented yet: signals',
-    'test_events.TestPyGetEventLoop.test_get_event_loop_returns_running_loop': 'not implemented yet: signals',
-    'test_events.TestPyGetEventLoop.test_get_event_loop_returns_running_loop2': 'not implemented yet: signals',
-    'test_events.TestServer.test_get_loop': 'not implemented yet: signals',
 
     # test_streams
     'test_streams.StreamTests.test_open_connection_no_loop_ssl': 'not implemented yet: TLS',
