@@ -96,7 +96,9 @@ def test_argument_errors(loop):
     ]:
         raises_exactly(TypeError, "sig must be an int, not 'boom'", method, *args)
     for sig in (signal.NSIG + 1, 0, -1, 1000):
-        raises_exactly(ValueError, f"invalid signal number {sig}", loop.add_signal_handler, sig, handler)
+        raises_exactly(
+            ValueError, f"invalid signal number {sig}", loop.add_signal_handler, sig, handler
+        )
         raises_exactly(ValueError, f"invalid signal number {sig}", loop.remove_signal_handler, sig)
     raises_exactly(TypeError, "sig must be an int, not 1.0", loop.add_signal_handler, 1.0, handler)
     raises_exactly(TypeError, "sig must be an int, not None", loop.remove_signal_handler, None)
@@ -164,7 +166,9 @@ def test_generator_objects_as_each_version_decides(loop, oracle_loop):
         return "added"
 
     assert outcome(loop) == outcome(oracle_loop)
-    assert outcome(loop) == ("added" if PY312 else "coroutines cannot be used with add_signal_handler()")
+    assert outcome(loop) == (
+        "added" if PY312 else "coroutines cannot be used with add_signal_handler()"
+    )
 
 
 def test_no_deprecation_warning(loop):
@@ -838,7 +842,13 @@ def test_ctrl_c_in_run_until_complete(impl, hang_guard):
     )
     assert (rc, lines) == (
         0,
-        ["ready", "KeyboardInterrupt False False False", "runs again", "task cancelled", "closed True"],
+        [
+            "ready",
+            "KeyboardInterrupt False False False",
+            "runs again",
+            "task cancelled",
+            "closed True",
+        ],
     ), err
 
 
