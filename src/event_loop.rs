@@ -368,7 +368,7 @@ impl LoopCore {
         }
     }
 
-    fn new_handle(
+    pub(crate) fn new_handle(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
@@ -388,7 +388,7 @@ impl LoopCore {
     }
 
     /// Appends to the ready queue; with `wake`, wakes a loop blocked in poll.
-    fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
+    pub(crate) fn push_ready(&self, py: Python<'_>, handle: Py<Handle>, wake: bool) {
         self.enqueue(py, handle, |st, h| st.ready.push_back(Ready::Handle(h)));
         if wake && self.polling.load(Ordering::SeqCst) {
             if let Some(io) = self.io.borrow(py).as_ref() {
@@ -466,6 +466,12 @@ impl LoopCore {
         let this = slf.get();
         let mut garbage: Vec<Py<Handle>> = Vec::new();
         let mut stale_fds: Vec<FdWatch> = Vec::new();
+        // Python signal handlers of signals that came while no Python code ran (since
+        // the last callback) run now, before the timeout is computed: what they schedule
+        // (the Runner's Ctrl-C handler wakes the loop with call_soon_threadsafe) must not
+        // wait behind a poll that blocks. asyncio's `_run_once` is Python code, which
+        // checks as it goes.
+        py.check_signals()?;
         this.settle_last(py);
 
         // Cancelled timers leave the heap first, and are dropped before the poll timeout

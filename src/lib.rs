@@ -11,6 +11,7 @@ mod gil;
 mod handle_mem;
 mod handles;
 mod pyversion;
+mod signals;
 mod transports;
 
 use pyo3::prelude::*;
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::init_pymodule(m)?;
     handles::init_pymodule(m)?;
     transports::init_pymodule(m)?;
+    signals::init_pymodule(m)?;
     Ok(())
 }

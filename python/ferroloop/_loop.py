@@ -3,7 +3,8 @@
 Hot paths (scheduling, the run step, handles, fd watches) are methods of the Rust
 base ``LoopCore``. What stays here is cold and coroutine-shaped: shutting down async
 generators and the default executor, the async generator hooks, name resolution
-through the executor, and the unclosed-loop warning.
+through the executor, and the unclosed-loop warning. Signal handlers are in
+``_signals.py``, connections and servers in ``_net.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from ferroloop._compat import PY314
 from ferroloop._core import LoopCore, make_socket_transport
 from ferroloop._datagram import DatagramMixin
 from ferroloop._net import NetworkMixin
+from ferroloop._signals import SignalMixin
 
 logger = logging.getLogger("asyncio")
 
 
-class Loop(LoopCore, NetworkMixin, DatagramMixin, asyncio.AbstractEventLoop):
+class Loop(LoopCore, SignalMixin, NetworkMixin, DatagramMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self) -> None:
@@ -45,6 +47,8 @@ class Loop(LoopCore, NetworkMixin, DatagramMixin, asyncio.AbstractEventLoop):
         kept = self.__dict__.get("call_soon")
         if kept is not None and kept == LoopCore.call_soon.__get__(self):
             del self.__dict__["call_soon"]
+        # After the loop's own close, as asyncio's Unix loop removes its handlers.
+        self._close_signals()
 
     def __repr__(self) -> str:
         return (

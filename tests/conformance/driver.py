@@ -410,13 +410,14 @@ def _bind_test_events(module, loop_factory):
     SelectorEventLoop(EpollSelector())."""
     import asyncio
     import signal as signal_module
+    import warnings
 
     from test.test_asyncio import utils as test_utils
 
-    events_mixin = module.EventLoopTestsMixin
+    unix_mixin = module.UnixEventLoopTestsMixin
 
     class FerroloopEventLoopTests(
-        module.UnixEventLoopTestsMixin,
+        unix_mixin,
         module.SubprocessTestsMixin,
         test_utils.TestCase,
     ):
@@ -424,24 +425,26 @@ def _bind_test_events(module, loop_factory):
             return loop_factory()
 
         def setUp(self):
-            # UnixEventLoopTestsMixin.setUp, except that a loop without signal
-            # handlers (add_signal_handler raises NotImplementedError) gets
-            # asyncio's default ThreadedChildWatcher instead of a
-            # SafeChildWatcher (which needs a SIGCHLD handler): otherwise
-            # every test of the class would fail in setUp, not only the
-            # signal and subprocess ones.
-            events_mixin.setUp(self)
+            # asyncio's own setUp (UnixEventLoopTestsMixin: a SafeChildWatcher,
+            # which installs a SIGCHLD handler with add_signal_handler). A loop
+            # without signal handlers (add_signal_handler raising
+            # NotImplementedError) gets asyncio's default ThreadedChildWatcher
+            # instead, so that only its signal and subprocess tests fail, not
+            # every test of the class in setUp.
             try:
-                watcher = asyncio.SafeChildWatcher()
-                watcher.attach_loop(self.loop)
+                unix_mixin.setUp(self)
+                return
             except NotImplementedError:
-                try:
-                    self.loop.remove_signal_handler(signal_module.SIGCHLD)
-                except NotImplementedError:
-                    pass
+                pass
+            try:
+                self.loop.remove_signal_handler(signal_module.SIGCHLD)
+            except NotImplementedError:
+                pass
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
                 watcher = asyncio.ThreadedChildWatcher()
                 watcher.attach_loop(self.loop)
-            asyncio.set_child_watcher(watcher)
+                asyncio.set_child_watcher(watcher)
 
     return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
 

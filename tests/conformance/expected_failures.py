@@ -29,7 +29,6 @@ test that passes is an error.
 
 EXPECTED_FAILURES = {
     # test_events
-    'test_events.FerroloopEventLoopTests.test_add_signal_handler': 'not implemented yet: signals',
     'test_events.FerroloopEventLoopTests.test_bidirectional_pty': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv4': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv6': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
@@ -44,8 +43,6 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl_verify_failed': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_read_pipe': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_read_pty_output': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_signal_handling_args': 'not implemented yet: signals',
-    'test_events.FerroloopEventLoopTests.test_signal_handling_while_selecting': 'not implemented yet: signals',
     'test_events.FerroloopEventLoopTests.test_ssl_connect_accepted_socket': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_after_finish': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_client_stream': 'not implemented yet: subprocesses',
@@ -66,12 +63,6 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_write_pipe': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_write_pipe_disconnect_on_close': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_write_pty': 'not implemented yet: pipes',
-    'test_events.TestCGetEventLoop.test_get_event_loop_new_process': 'not implemented yet: signals',
-    'test_events.TestCGetEventLoop.test_get_event_loop_returns_running_loop': 'not implemented yet: signals',
-    'test_events.TestCGetEventLoop.test_get_event_loop_returns_running_loop2': 'not implemented yet: signals',
-    'test_events.TestPyGetEventLoop.test_get_event_loop_new_process': 'not implemented yet: signals',
-    'test_events.TestPyGetEventLoop.test_get_event_loop_returns_running_loop': 'not implemented yet: signals',
-    'test_events.TestPyGetEventLoop.test_get_event_loop_returns_running_loop2': 'not implemented yet: signals',
 
     # test_streams
     'test_streams.StreamTests.test_open_connection_no_loop_ssl': 'not implemented yet: TLS',
@@ -82,10 +73,6 @@ EXPECTED_FAILURES = {
 
 # Per CPython version: entries that apply to that version alone.
 ONLY_ON = {
-    '3.11': {
-        # test_events
-        'test_events.TestServer.test_get_loop': 'not implemented yet: signals',
-    },
     '3.12': {
         # test_streams
         'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (a pipe's file from test_read_all_from_pipe_reader, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
