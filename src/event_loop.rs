@@ -211,6 +211,9 @@ fn thread_ident() -> u64 {
 }
 
 fn os_error(err: std::io::Error) -> PyErr {
+    if crate::reactor::fork::is_inherited(&err) {
+        return PyRuntimeError::new_err(err.to_string());
+    }
     PyOSError::new_err((err.raw_os_error().unwrap_or(0), err.to_string()))
 }
 
@@ -273,6 +276,15 @@ impl LoopCore {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
         Ok(())
+    }
+
+    /// A loop inherited across fork() cannot run in the child: its poller and waker are
+    /// the parent's (`reactor::fork`).
+    fn check_inherited(&self, py: Python<'_>) -> PyResult<()> {
+        match self.io.borrow(py).as_ref() {
+            Some(io) if io.poller.inherited() => Err(os_error(crate::reactor::fork::inherited_error())),
+            _ => Ok(()),
+        }
     }
 
     fn check_running(&self, py: Python<'_>) -> PyResult<()> {
@@ -990,6 +1002,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
+        this.check_inherited(py)?;
         this.check_running(py)?;
         let debug = this.debug(py);
         this.set_coroutine_origin_tracking(py, debug)?;
@@ -1023,6 +1036,7 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
+        this.check_inherited(py)?;
         this.check_running(py)?;
         let new_task = !py_attr!(py, "asyncio", "isfuture")?.call1((future,))?.is_truthy()?;
         let kwargs = PyDict::new(py);

@@ -7,6 +7,7 @@
 #[macro_use]
 pub mod sys;
 pub mod clock;
+pub mod fork;
 pub mod poller;
 pub mod read_buf;
 pub mod timers;

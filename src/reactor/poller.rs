@@ -82,6 +82,9 @@ const SIGSET_BYTES: usize = 8;
 /// loop can change interests while its poll buffer is lent to a blocked `wait`.
 pub struct Poller {
     epfd: OwnedFd,
+    /// The fork generation the instance was made in (`fork::generation`): under another,
+    /// it was inherited and belongs to the parent.
+    generation: u64,
 }
 
 /// The buffers of `Poller::wait`, reused across calls so polling allocates nothing.
@@ -120,10 +123,27 @@ impl Poller {
         let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: epoll_create1(2) returned a new descriptor that nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Poller { epfd })
+        Ok(Poller {
+            epfd,
+            generation: crate::reactor::fork::generation(),
+        })
+    }
+
+    /// Whether this poller was inherited across fork(): then registering and polling fail
+    /// with `fork::InheritedLoop`, and deregistering does nothing (the interest list is
+    /// the parent's).
+    pub fn inherited(&self) -> bool {
+        self.generation != crate::reactor::fork::generation()
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest, token: u64) -> io::Result<()> {
+        if self.inherited() {
+            return if op == libc::EPOLL_CTL_DEL {
+                Ok(())
+            } else {
+                Err(crate::reactor::fork::inherited_error())
+            };
+        }
         let mut ev = libc::epoll_event {
             events: interest.to_epoll(),
             u64: token,
@@ -148,6 +168,9 @@ impl Poller {
     pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         events.raw.clear();
         events.out.clear();
+        if self.inherited() {
+            return Err(crate::reactor::fork::inherited_error());
+        }
         let n = self.wait_raw(&mut events.raw, timeout)?;
         // SAFETY: the kernel initialised the first `n` entries, and n <= capacity.
         unsafe { events.raw.set_len(n) };

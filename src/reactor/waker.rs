@@ -7,6 +7,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 /// A non-blocking eventfd. `wake` may be called from any thread.
 pub struct Waker {
     fd: OwnedFd,
+    /// The fork generation it was made in: an inherited eventfd is the parent's, and
+    /// waking it would wake the parent's loop.
+    generation: u64,
 }
 
 impl Waker {
@@ -14,11 +17,17 @@ impl Waker {
         let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
         // SAFETY: eventfd(2) returned a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Waker { fd })
+        Ok(Waker {
+            fd,
+            generation: crate::reactor::fork::generation(),
+        })
     }
 
     /// Makes the eventfd readable. A full counter (EAGAIN) already means "readable".
     pub fn wake(&self) {
+        if self.generation != crate::reactor::fork::generation() {
+            return;
+        }
         let one: u64 = 1;
         let _ = syscall!(write(self.fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8));
     }

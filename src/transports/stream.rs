@@ -204,6 +204,9 @@ pub(crate) fn would_block(e: &std::io::Error) -> bool {
 /// the socket module raises it.
 pub(crate) fn io_to_pyerr(e: std::io::Error) -> PyErr {
     let Some(code) = e.raw_os_error() else {
+        if crate::reactor::fork::is_inherited(&e) {
+            return PyRuntimeError::new_err(e.to_string());
+        }
         return PyOSError::new_err(e.to_string());
     };
     // As the socket module raises its errors: OSError(errno, strerror(errno)), which
