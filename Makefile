@@ -13,7 +13,7 @@ VENV    ?= .venv-$(PYVER)
 VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-one bench bench-smoke lint install venv cargo-test conformance wheels clean
+.PHONY: demo test test-one bench bench-smoke soak lint install venv cargo-test conformance wheels clean
 
 venv: $(VPY)
 $(VPY):
@@ -60,6 +60,13 @@ bench: install $(VENV)/.test-deps
 bench-smoke: install $(VENV)/.test-deps
 	cargo build --release -q -p loadgen
 	$(VPY) bench/run.py --smoke
+
+# A million requests through an echo server and through uvicorn on ferroloop and uvloop,
+# with connections opened and closed throughout; fails if ferroloop's server grows in
+# memory or fds after warm-up (bench/soak.py; results and soak.png in bench/results/soak).
+soak: install $(VENV)/.test-deps
+	cargo build --release -q -p loadgen
+	$(VPY) bench/soak.py
 
 lint:
 	cargo fmt --all -- --check
