@@ -209,3 +209,26 @@ def test_concurrent_run_survives_a_failing_loop(monkeypatch):
     assert str(outcome["uvloop"]) == "the server would not start"
     assert isinstance(outcome["ferroloop"], run.BenchError)
     assert "another loop of this concurrent run failed" in str(outcome["ferroloop"])
+
+
+def test_soak_runs_and_checks_growth(tmp_path):
+    """bench/soak.py end to end, briefly: rounds run, samples are taken, the verdict and
+    the chart are written."""
+    if not (ROOT / "target" / "release" / "loadgen").exists() and shutil.which("cargo") is None:
+        pytest.skip("no loadgen binary and no cargo to build it")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "soak.py"), "--loops", "ferroloop", "--workloads", "echo"]
+        + ["--requests", "3000", "--round-seconds", "0.3", "--interval", "0.05"]
+        + ["--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    data = json.loads((tmp_path / "results.json").read_text())
+    (result,) = data["results"]
+    assert result["requests"] >= 3000 and result["ok"]
+    assert result["samples"] and result["fds"]["final"] == result["fds"]["warm"]
+    assert (tmp_path / "soak.png").exists()
