@@ -13,7 +13,7 @@ VENV    ?= .venv-$(PYVER)
 VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-one bench bench-smoke soak lint install venv cargo-test conformance wheels clean
+.PHONY: demo test test-one bench bench-smoke soak differential lint install venv cargo-test conformance wheels clean
 
 venv: $(VPY)
 $(VPY):
@@ -67,6 +67,13 @@ bench-smoke: install $(VENV)/.test-deps
 soak: install $(VENV)/.test-deps
 	cargo build --release -q -p loadgen
 	$(VPY) bench/soak.py
+
+# The differential tests (asyncio and ferroloop given the same generated scenarios)
+# with many more examples than make test runs.
+DIFF_EXAMPLES ?= 2000
+differential: install $(VENV)/.test-deps
+	FERROLOOP_DIFF_EXAMPLES=$(DIFF_EXAMPLES) FERROLOOP_TEST_HANG_TIMEOUT=36000 \
+		$(VPY) -m pytest tests/test_differential.py -q
 
 lint:
 	cargo fmt --all -- --check
