@@ -190,7 +190,7 @@ class DatagramSocketTransport(asyncio.Transport, asyncio.DatagramTransport):
         self._core.set_write_buffer_limits(high, low)
 
 
-class TLSTransport(asyncio.Transport):
+class SSLProtocolTransport(asyncio.Transport):
     """The transport a protocol sees over TLS: asyncio's ``_SSLProtocolTransport``.
 
     The work is done by the Rust ``SSLProtocolCore`` in ``_ssl_protocol`` (the
@@ -204,7 +204,7 @@ class TLSTransport(asyncio.Transport):
     _sendfile_compatible = asyncio.constants._SendfileMode.FALLBACK
 
     def __init__(self, *args, **kwargs):
-        raise TypeError("TLSTransport objects are made by the loop")
+        raise TypeError("SSLProtocolTransport objects are made by the loop")
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__} object at {id(self):#x}>"

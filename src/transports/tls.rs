@@ -11,7 +11,7 @@
 //! machine (UNWRAPPED, DO_HANDSHAKE, WRAPPED, FLUSHING, SHUTDOWN), flow control, log
 //! messages and exceptions are sslproto's.
 //!
-//! The transport the user's protocol sees is `ferroloop._transports.TLSTransport`, a
+//! The transport the user's protocol sees is `ferroloop._transports.SSLProtocolTransport`, a
 //! Python `asyncio.Transport` whose methods call this object's `_app_*` methods; its
 //! `write` slot holds the bound Rust `_app_write`. The Python class
 //! `ferroloop._tls.SSLProtocol` subclasses this one and `asyncio.BufferedProtocol`, so
@@ -79,7 +79,7 @@ struct SslState {
     app_get_buffer: Option<Py<PyAny>>,
     app_buffer_updated: Option<Py<PyAny>>,
     app_is_buffer: bool,
-    /// The `TLSTransport` the application sees; dropped when the connection is lost.
+    /// The `SSLProtocolTransport` the application sees; dropped when the connection is lost.
     app_transport: Option<Py<PyAny>>,
     app_transport_created: bool,
     /// The application transport's `_closed`.
@@ -828,7 +828,8 @@ impl SslProtocol {
         if this.st(py).app_transport_created {
             return Err(PyRuntimeError::new_err("Creating _SSLProtocolTransport twice"));
         }
-        let facade = crate::transports::accept::alloc_instance(py_attr!(py, "ferroloop._transports", "TLSTransport")?)?;
+        let facade =
+            crate::transports::accept::alloc_instance(py_attr!(py, "ferroloop._transports", "SSLProtocolTransport")?)?;
         facade.setattr(intern!(py, "_ssl_protocol"), slf)?;
         facade.setattr(intern!(py, "write"), slf.getattr(intern!(py, "_app_write"))?)?;
         let mut st = this.st_mut(py);

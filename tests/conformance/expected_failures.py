@@ -32,18 +32,8 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_bidirectional_pty': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv4': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv6': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
-    'test_events.FerroloopEventLoopTests.test_create_server_ssl': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_server_ssl_match_failed': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_server_ssl_verified': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_server_ssl_verify_failed': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_ssl_connection': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_ssl_unix_connection': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl_verified': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl_verify_failed': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_read_pipe': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_read_pty_output': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_ssl_connect_accepted_socket': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_after_finish': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_client_stream': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_subprocess_exec': 'not implemented yet: subprocesses',
@@ -65,10 +55,7 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_write_pty': 'not implemented yet: pipes',
 
     # test_streams
-    'test_streams.StreamTests.test_open_connection_no_loop_ssl': 'not implemented yet: TLS',
-    'test_streams.StreamTests.test_open_unix_connection_no_loop_ssl': 'not implemented yet: TLS',
     'test_streams.StreamTests.test_read_all_from_pipe_reader': 'not implemented yet: pipes',
-    'test_streams.StreamTests.test_start_tls': 'not implemented yet: TLS',
 }
 
 # Per CPython version: entries that apply to that version alone.
