@@ -632,48 +632,6 @@ def test_create_connection_unix_sock_allowed(loop):
     assert fd_count() == before
 
 
-def test_create_connection_tls_not_implemented(ferroloop_module):
-    loop = ferroloop_module.new_event_loop()
-    try:
-        before = fd_count()
-        calls = spy_getaddrinfo(loop)
-
-        async def main():
-            for kwargs in [
-                dict(host="localhost", port=443, ssl=True),
-                dict(host="localhost", port=443, ssl=ssl.create_default_context()),
-                dict(host="localhost", port=443, ssl=True, server_hostname="example.com"),
-            ]:
-                with pytest.raises(NotImplementedError, match="TLS is not implemented yet"):
-                    await loop.create_connection(asyncio.Protocol, **kwargs)
-            # The argument checks still come first.
-            with pytest.raises(ValueError, match="server_hostname when using ssl"):
-                await loop.create_connection(asyncio.Protocol, port=443, ssl=True)
-            with socket.socket(type=socket.SOCK_DGRAM) as s:
-                with pytest.raises(ValueError, match="A Stream Socket was expected"):
-                    await loop.create_connection(
-                        asyncio.Protocol, sock=s, ssl=True, server_hostname=""
-                    )
-            with socket.socket() as s:
-                with pytest.raises(NotImplementedError):
-                    await loop.create_connection(
-                        asyncio.Protocol, sock=s, ssl=True, server_hostname=""
-                    )
-                with pytest.raises(NotImplementedError):
-                    await loop.connect_accepted_socket(asyncio.Protocol, s, ssl=True)
-                assert s.fileno() != -1  # untouched
-            with pytest.raises(NotImplementedError):
-                await loop.create_server(
-                    asyncio.Protocol, "127.0.0.1", 0, ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                )
-            assert calls == []  # refused before any I/O
-
-        run(loop, main())
-        assert fd_count() == before
-    finally:
-        loop.close()
-
-
 def test_create_connection_debug_log(loop, caplog):
     loop.set_debug(True)
     caplog.set_level(logging.DEBUG, logger="asyncio")

@@ -12,7 +12,6 @@ import logging
 import os
 import pathlib
 import socket
-import ssl
 import uuid
 
 import pytest
@@ -306,29 +305,6 @@ def test_unix_server_errors(loop, sock_dir):
         assert not os.path.exists(path)
 
     run(loop, main())
-    assert fd_count() == before
-
-
-def test_unix_tls_not_implemented(ferroloop_module, sock_dir):
-    path = str(sock_dir / "tls.sock")
-    before = fd_count()
-    loop = ferroloop_module.new_event_loop()
-    try:
-
-        async def main():
-            with pytest.raises(NotImplementedError, match="TLS is not implemented yet"):
-                await loop.create_unix_connection(
-                    asyncio.Protocol, path, ssl=True, server_hostname="x"
-                )
-            with pytest.raises(NotImplementedError, match="TLS is not implemented yet"):
-                await loop.create_unix_server(
-                    asyncio.Protocol, path, ssl=ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                )
-            assert not os.path.exists(path)
-
-        run(loop, main())
-    finally:
-        loop.close()
     assert fd_count() == before
 
 

@@ -29,6 +29,7 @@ from asyncio.log import logger
 
 from ferroloop._compat import PY313, bind_error_text
 from ferroloop._core import Acceptor
+from ferroloop._tls import SSLProtocol
 
 try:
     import ssl as _ssl
@@ -43,7 +44,6 @@ ACCEPT_RETRY_DELAY = 1
 
 _HAS_IPv6 = hasattr(socket, "AF_INET6")
 
-_TLS_NOT_IMPLEMENTED = "TLS is not implemented yet in ferroloop"
 
 # accept() errors that mean "out of resources": back off instead of spinning.
 _ACCEPT_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -442,13 +442,24 @@ class NetworkMixin:
     ):
         # `owned`: the loop made the socket, so it closes it if no transport
         # takes it over (the protocol factory raised).
-        if ssl:  # pragma: no cover - the public methods refuse TLS before this
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
         try:
             sock.setblocking(False)
             protocol = protocol_factory()
             waiter = self.create_future()
-            transport = self._make_stream_transport(sock, protocol, waiter)
+            if ssl:
+                sslcontext = None if isinstance(ssl, bool) else ssl
+                transport = self._make_ssl_transport(
+                    sock,
+                    protocol,
+                    sslcontext,
+                    waiter,
+                    server_side=server_side,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout,
+                )
+            else:
+                transport = self._make_stream_transport(sock, protocol, waiter)
         except BaseException:
             if owned:
                 sock.close()
@@ -511,18 +522,6 @@ class NetworkMixin:
         if happy_eyeballs_delay is not None and interleave is None:
             # Happy eyeballs interleaves the address families by default.
             interleave = 1
-
-        if ssl:
-            # The remaining argument checks, then refuse before any I/O.
-            if host is not None or port is not None:
-                if sock is not None:
-                    raise ValueError("host/port and sock can not be specified at the same time")
-            else:
-                if sock is None:
-                    raise ValueError("host and port was not specified and no sock specified")
-                if sock.type != socket.SOCK_STREAM:
-                    raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
 
         owned = False  # whether the loop made `sock`
         if host is not None or port is not None:
@@ -592,7 +591,13 @@ class NetworkMixin:
                 raise ValueError(f"A Stream Socket was expected, got {sock!r}")
 
         transport, protocol = await self._create_connection_transport(
-            sock, protocol_factory, ssl, server_hostname, owned=owned
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            owned=owned,
         )
         if self.get_debug():
             sock = transport.get_extra_info("socket")
@@ -623,11 +628,14 @@ class NetworkMixin:
         if sock is not None:
             _check_ssl_socket(sock)
 
-        if ssl:
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
-
         transport, protocol = await self._create_connection_transport(
-            sock, protocol_factory, ssl, "", server_side=True
+            sock,
+            protocol_factory,
+            ssl,
+            "",
+            server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         if self.get_debug():
             sock = transport.get_extra_info("socket")
@@ -658,17 +666,6 @@ class NetworkMixin:
             if ssl_shutdown_timeout is not None:
                 raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
 
-        if ssl:
-            if path is not None:
-                if sock is not None:
-                    raise ValueError("path and sock can not be specified at the same time")
-            else:
-                if sock is None:
-                    raise ValueError("no path and sock were specified")
-                if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                    raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
-
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -682,7 +679,13 @@ class NetworkMixin:
                 sock.close()
                 raise
             return await self._create_connection_transport(
-                sock, protocol_factory, ssl, server_hostname, owned=True
+                sock,
+                protocol_factory,
+                ssl,
+                server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+                owned=True,
             )
 
         if sock is None:
@@ -692,8 +695,98 @@ class NetworkMixin:
         sock.setblocking(False)
 
         return await self._create_connection_transport(
-            sock, protocol_factory, ssl, server_hostname
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
+
+    # ---- TLS ----
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """A TLS transport over the connected socket ``rawsock``: the Rust TLS protocol
+        over a stream transport; ``protocol`` sees the transport returned."""
+        ssl_protocol = SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        self._make_stream_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Upgrade ``transport`` to TLS; return the new transport ``protocol`` should use."""
+        if _ssl is None:  # pragma: no cover
+            raise RuntimeError("Python ssl module is not available")
+
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(
+                f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}"
+            )
+
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+
+        waiter = self.create_future()
+        ssl_protocol = SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False,
+        )
+
+        # Pause first, so that nothing reaches the TLS protocol before its
+        # connection_made().
+        transport.pause_reading()
+
+        transport.set_protocol(ssl_protocol)
+        conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+
+        return ssl_protocol._app_transport
 
     # ---- servers ----
 
@@ -732,17 +825,6 @@ class NetworkMixin:
 
         if sock is not None:
             _check_ssl_socket(sock)
-
-        if ssl is not None:
-            if host is not None or port is not None:
-                if sock is not None:
-                    raise ValueError("host/port and sock can not be specified at the same time")
-            else:
-                if sock is None:
-                    raise ValueError("Neither host/port nor sock were specified")
-                if sock.type != socket.SOCK_STREAM:
-                    raise ValueError(f"A Stream Socket was expected, got {sock!r}")
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
 
         if host is not None or port is not None:
             if sock is not None:
@@ -864,17 +946,6 @@ class NetworkMixin:
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
 
-        if ssl:
-            if path is not None:
-                if sock is not None:
-                    raise ValueError("path and sock can not be specified at the same time")
-            else:
-                if sock is None:
-                    raise ValueError("path was not specified, and no sock specified")
-                if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-                    raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
-
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
@@ -950,19 +1021,67 @@ class NetworkMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
     ) -> None:
-        if sslcontext is not None:  # pragma: no cover - create_server refuses TLS
-            raise NotImplementedError(_TLS_NOT_IMPLEMENTED)
         # The reader callback accepts up to `backlog` waiting connections each time the
-        # socket is readable (bpo-27906) and sets each up, in Rust.
-        self.add_reader(
-            sock.fileno(), Acceptor(self, sock, protocol_factory, server, backlog)
+        # socket is readable (bpo-27906) and sets each up, in Rust. Over TLS, the
+        # protocol it is given is the TLS layer's, over the user's.
+        factory = protocol_factory
+        if sslcontext:
+            factory = functools.partial(
+                self._tls_server_protocol,
+                protocol_factory,
+                sslcontext,
+                server,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
+        self.add_reader(sock.fileno(), Acceptor(self, sock, factory, server, backlog))
+
+    def _tls_server_protocol(
+        self, protocol_factory, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+    ):
+        """The protocol of an accepted TLS connection: asyncio's _accept_connection2,
+        whose task waits for the handshake, as a callback of its waiter."""
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        ssl_protocol = SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            True,
+            None,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
+        waiter.add_done_callback(
+            functools.partial(self._tls_handshake_done, protocol, ssl_protocol._app_transport)
+        )
+        return ssl_protocol
+
+    def _tls_handshake_done(self, protocol, transport, waiter) -> None:
+        if waiter.cancelled():
+            exc = asyncio.CancelledError()
+        else:
+            exc = waiter.exception()
+            if exc is None:
+                return  # it is up to the protocol now
+        transport.close()
+        if self.get_debug():
+            self.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                    "protocol": protocol,
+                    "transport": transport,
+                }
+            )
 
     def _retry_serving(self, protocol_factory, sock, server, backlog) -> None:
         # The accept retry timer: serve again unless the server closed the socket
         # meanwhile (asyncio would log a failed add_reader(-1) here).
         if sock.fileno() == -1:
             return
+        # `protocol_factory` is the acceptor's: over TLS, already the TLS layer's.
         self._start_serving(protocol_factory, sock, None, server, backlog)
 
     @property

@@ -46,6 +46,9 @@ _CORE_METHODS = frozenset(
 class SocketTransport(asyncio.Transport):
     """A stream transport over a connected TCP or Unix socket."""
 
+    # loop.start_tls() accepts it, as asyncio's selector socket transport.
+    _start_tls_compatible = True
+
     __slots__ = (
         "_core",
         "write",
@@ -87,6 +90,10 @@ class SocketTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self._core.abort()
+
+    def _force_close(self, exc) -> None:
+        # What TLS closes the connection with (asyncio's _SelectorTransport method).
+        self._core._force_close(exc)
 
     def write_eof(self) -> None:
         self._core.write_eof()
@@ -181,3 +188,102 @@ class DatagramSocketTransport(asyncio.Transport, asyncio.DatagramTransport):
 
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         self._core.set_write_buffer_limits(high, low)
+
+
+class SSLProtocolTransport(asyncio.Transport):
+    """The transport a protocol sees over TLS: asyncio's ``_SSLProtocolTransport``.
+
+    The work is done by the Rust ``SSLProtocolCore`` in ``_ssl_protocol`` (the
+    protocol of the stream transport underneath); ``write`` is a slot holding its
+    bound ``_app_write``, filled when the transport is made.
+    """
+
+    __slots__ = ("_ssl_protocol", "write", "__weakref__")
+
+    _start_tls_compatible = True
+    _sendfile_compatible = asyncio.constants._SendfileMode.FALLBACK
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("SSLProtocolTransport objects are made by the loop")
+
+    def __repr__(self) -> str:
+        return f"<{self.__class__.__name__} object at {id(self):#x}>"
+
+    @property
+    def _closed(self) -> bool:
+        return self._ssl_protocol._app_closed
+
+    def get_extra_info(self, name, default=None):
+        """Get optional transport information."""
+        return self._ssl_protocol._get_extra_info(name, default)
+
+    def set_protocol(self, protocol) -> None:
+        self._ssl_protocol._set_app_protocol(protocol)
+
+    def get_protocol(self):
+        return self._ssl_protocol._app_protocol
+
+    def is_closing(self) -> bool:
+        return self._ssl_protocol._app_closed
+
+    def close(self) -> None:
+        """Close the transport: send close_notify once buffered data is flushed."""
+        self._ssl_protocol._app_close()
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        proto = getattr(self, "_ssl_protocol", None)
+        if proto is not None and proto._app_mark_closed():
+            _warn("unclosed transport <asyncio._SSLProtocolTransport object>", ResourceWarning)
+
+    def is_reading(self) -> bool:
+        return not self._ssl_protocol._app_reading_paused
+
+    def pause_reading(self) -> None:
+        self._ssl_protocol._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._ssl_protocol._resume_reading()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._ssl_protocol._set_write_buffer_limits(high, low)
+        self._ssl_protocol._control_app_writing()
+
+    def get_write_buffer_limits(self):
+        return (self._ssl_protocol._outgoing_low_water, self._ssl_protocol._outgoing_high_water)
+
+    def get_write_buffer_size(self) -> int:
+        return self._ssl_protocol._get_write_buffer_size()
+
+    def set_read_buffer_limits(self, high=None, low=None) -> None:
+        self._ssl_protocol._set_read_buffer_limits(high, low)
+        self._ssl_protocol._control_ssl_reading()
+
+    def get_read_buffer_limits(self):
+        return (self._ssl_protocol._incoming_low_water, self._ssl_protocol._incoming_high_water)
+
+    def get_read_buffer_size(self) -> int:
+        return self._ssl_protocol._get_read_buffer_size()
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._ssl_protocol._app_writing_paused
+
+    def writelines(self, list_of_data) -> None:
+        self._ssl_protocol._write_appdata(list_of_data)
+
+    def write_eof(self) -> None:
+        """Not supported over TLS, as with asyncio."""
+        raise NotImplementedError
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        """Close the transport at once: buffered data is lost, no close_notify."""
+        self._force_close(None)
+
+    def _force_close(self, exc) -> None:
+        self._ssl_protocol._app_force_close(exc)
+
+    def _test__append_write_backlog(self, data) -> None:
+        self._ssl_protocol._test__append_write_backlog(data)

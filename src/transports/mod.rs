@@ -4,6 +4,7 @@ pub(crate) mod accept;
 pub(crate) mod datagram;
 pub(crate) mod sockaddr;
 pub(crate) mod stream;
+pub(crate) mod tls;
 
 use pyo3::prelude::*;
 
@@ -11,5 +12,6 @@ pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
     accept::init_pymodule(m)?;
     datagram::init_pymodule(m)?;
+    tls::init_pymodule(m)?;
     Ok(())
 }

@@ -1088,6 +1088,12 @@ impl StreamTransport {
         Self::force_close(slf, slf.py().None().into_bound(slf.py()))
     }
 
+    /// asyncio's `_SelectorTransport._force_close(exc)`: what TLS (`tls.rs`) closes the
+    /// connection with, so that `connection_lost` gets the TLS layer's exception.
+    fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::force_close(slf, exc.clone())
+    }
+
     #[pyo3(name = "is_closing")]
     fn py_is_closing(&self, py: Python<'_>) -> bool {
         self.is_closing(py)

@@ -74,6 +74,8 @@ MODULES = (
     "test_server",
     "test_buffered_proto",
     "test_sock_lowlevel",
+    "test_ssl",
+    "test_sslproto",
 )
 
 PACKAGE = "test.test_asyncio"
@@ -104,13 +106,21 @@ STDLIB_LOOP_CLASSES = {
     "test_buffered_proto": frozenset(
         {"BufferedProtocolSelectorTests", "BufferedProtocolProactorTests"}
     ),
+    "test_sslproto": frozenset({"SelectorStartTLSTests", "ProactorStartTLSTests"}),
 }
 
 # Modules every test of which must run on the loop under test: the runner
 # records the type of each test's ``self.loop`` (after setUp) and reports a
 # runner error when one is not the loop under test.
 LOOP_CHECKED_MODULES = frozenset(
-    {"test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel"}
+    {
+        "test_streams",
+        "test_server",
+        "test_buffered_proto",
+        "test_sock_lowlevel",
+        "test_ssl",
+        "test_sslproto",
+    }
 )
 
 LOOP_MODES = ("ferroloop", "asyncio")
@@ -497,6 +507,21 @@ def _bind_test_buffered_proto(module, loop_factory):
     return _register(module, BufferedProtocolFerroloopTests, "BufferedProtocolFerroloopTests")
 
 
+def _bind_test_sslproto(module, loop_factory):
+    """FerroloopStartTLSTests: test_sslproto's BaseStartTLS (real connections
+    through loop.start_tls, create_connection and create_server) with new_loop()
+    giving the loop under test. SslProtoHandshakeTests drive asyncio's own
+    sslproto.SSLProtocol over mock transports on asyncio.new_event_loop(), which
+    the runner makes the loop under test."""
+    import unittest
+
+    class FerroloopStartTLSTests(module.BaseStartTLS, unittest.TestCase):
+        def new_loop(self):
+            return loop_factory()
+
+    return _register(module, FerroloopStartTLSTests, "FerroloopStartTLSTests")
+
+
 # Module -> function(module, loop_factory) returning the class that replaces
 # the module's STDLIB_LOOP_CLASSES.
 _LOOP_BINDINGS = {
@@ -504,6 +529,7 @@ _LOOP_BINDINGS = {
     "test_sock_lowlevel": _bind_test_sock_lowlevel,
     "test_server": _bind_test_server,
     "test_buffered_proto": _bind_test_buffered_proto,
+    "test_sslproto": _bind_test_sslproto,
 }
 
 
