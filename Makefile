@@ -13,7 +13,7 @@ VENV    ?= .venv-$(PYVER)
 VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-one bench bench-smoke soak differential lint install venv cargo-test conformance wheels clean
+.PHONY: demo test test-one bench bench-smoke soak differential memcheck lint install venv cargo-test conformance wheels clean
 
 venv: $(VPY)
 $(VPY):
@@ -74,6 +74,12 @@ DIFF_EXAMPLES ?= 2000
 differential: install $(VENV)/.test-deps
 	FERROLOOP_DIFF_EXAMPLES=$(DIFF_EXAMPLES) FERROLOOP_TEST_HANG_TIMEOUT=36000 \
 		$(VPY) -m pytest tests/test_differential.py -q
+
+# The tests that reach the handle memory, the fast call path, the untracking of
+# contexts and handles and the raw syscalls, under valgrind memcheck: fails on any
+# error with a frame in ferroloop's code (tools/memcheck.py; slow: tens of minutes).
+memcheck: install $(VENV)/.test-deps
+	$(VPY) tools/memcheck.py
 
 lint:
 	cargo fmt --all -- --check

@@ -373,16 +373,22 @@ mod tests {
     #[test]
     fn refused_pwait2_falls_back_to_the_millisecond_poll() {
         // In a child process: the filter cannot be taken back, and the fallback, once
-        // taken, holds for the whole process.
-        let p = Poller::new().unwrap();
+        // taken, holds for the whole process. The poller is the child's own (one
+        // inherited across fork() refuses to poll: `fork.rs`); `Poller::new` allocates
+        // nothing.
         let mut evs = Events::with_capacity(8);
+        // The fork handler is installed here, not in the child (that may allocate).
+        crate::reactor::fork::generation();
         // SAFETY: fork(2). The child runs `refused_pwait2_child`, which makes only system
         // calls on memory allocated before the fork, and leaves with _exit(2), running
         // no destructor and no atexit handler of the parent's.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
         if pid == 0 {
-            let code = refused_pwait2_child(&p, &mut evs);
+            let code = match Poller::new() {
+                Ok(p) => refused_pwait2_child(&p, &mut evs),
+                Err(_) => CHILD_WAIT_FAILED,
+            };
             // SAFETY: _exit(2) ends the child at once; nothing of it is used after.
             unsafe { libc::_exit(code) };
         }
