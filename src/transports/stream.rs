@@ -63,19 +63,20 @@ impl Chunk {
     }
 }
 
-/// Bytes queued for sending: whole chunks, the first one partly sent.
+/// Bytes queued for sending: whole chunks, the first one partly sent. (The pipe
+/// transport queues its writes in one too.)
 #[derive(Default)]
-struct WriteBuffer {
+pub(crate) struct WriteBuffer {
     chunks: VecDeque<Chunk>,
     /// Bytes of the first chunk already sent.
     offset: usize,
     /// Bytes queued in all, not counting `offset`.
-    size: usize,
+    pub(crate) size: usize,
 }
 
 impl WriteBuffer {
     /// Queues `data[skip..]`; `shared` is the bytes object `data` belongs to, if any.
-    fn push(&mut self, data: &[u8], skip: usize, shared: Option<&Bound<'_, PyBytes>>) {
+    pub(crate) fn push(&mut self, data: &[u8], skip: usize, shared: Option<&Bound<'_, PyBytes>>) {
         let rest = &data[skip..];
         if rest.is_empty() {
             return;
@@ -108,17 +109,17 @@ impl WriteBuffer {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.size == 0
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.chunks.clear();
         self.offset = 0;
         self.size = 0;
     }
 
-    fn iovecs(&self) -> Vec<libc::iovec> {
+    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
         self.chunks
             .iter()
             .take(IOV_BATCH)
@@ -134,7 +135,7 @@ impl WriteBuffer {
             .collect()
     }
 
-    fn consume(&mut self, mut n: usize) {
+    pub(crate) fn consume(&mut self, mut n: usize) {
         self.size -= n;
         while n > 0 {
             let first = self.chunks.front().expect("consumed more than queued").as_slice().len();

@@ -29,7 +29,6 @@ test that passes is an error.
 
 EXPECTED_FAILURES = {
     # test_events
-    'test_events.FerroloopEventLoopTests.test_bidirectional_pty': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv4': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv6': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_ssl': 'not implemented yet: TLS',
@@ -41,8 +40,6 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl_verified': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_create_unix_server_ssl_verify_failed': 'not implemented yet: TLS',
-    'test_events.FerroloopEventLoopTests.test_read_pipe': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_read_pty_output': 'not implemented yet: pipes',
     'test_events.FerroloopEventLoopTests.test_ssl_connect_accepted_socket': 'not implemented yet: TLS',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_after_finish': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_subprocess_close_client_stream': 'not implemented yet: subprocesses',
@@ -59,15 +56,11 @@ EXPECTED_FAILURES = {
     'test_events.FerroloopEventLoopTests.test_subprocess_terminate': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_subprocess_wait_no_same_group': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_timeout_rounding': 'uses private attribute loop._run_once of the stdlib loop',
-    'test_events.FerroloopEventLoopTests.test_unclosed_pipe_transport': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_write_pipe': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_write_pipe_disconnect_on_close': 'not implemented yet: pipes',
-    'test_events.FerroloopEventLoopTests.test_write_pty': 'not implemented yet: pipes',
 
     # test_streams
     'test_streams.StreamTests.test_open_connection_no_loop_ssl': 'not implemented yet: TLS',
     'test_streams.StreamTests.test_open_unix_connection_no_loop_ssl': 'not implemented yet: TLS',
-    'test_streams.StreamTests.test_read_all_from_pipe_reader': 'not implemented yet: pipes',
+    'test_streams.StreamTests.test_read_all_from_pipe_reader': 'not implemented yet: subprocesses',
     'test_streams.StreamTests.test_start_tls': 'not implemented yet: TLS',
 }
 
