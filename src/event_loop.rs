@@ -1351,6 +1351,18 @@ impl LoopCore {
         Self::unwatch_py(slf, fd, false)
     }
 
+    /// For `loop.sendfile()`, which watches a transport's socket itself while it sends
+    /// (asyncio's `del loop._transports[fd]`): `fd` is no longer recorded as owned by
+    /// `transport`, so that the watch functions take it.
+    fn _release_transport_fd(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) {
+        self.unregister_transport(py, fd, transport);
+    }
+
+    /// Records `transport` as the owner of `fd` again (asyncio's `loop._transports[fd] = t`).
+    fn _claim_transport_fd(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.register_transport(py, fd, transport)
+    }
+
     // ---- executors ----
 
     #[pyo3(signature = (executor, func, *args))]

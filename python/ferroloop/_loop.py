@@ -5,7 +5,7 @@ base ``LoopCore``. What stays here is cold and coroutine-shaped: shutting down a
 generators and the default executor, the async generator hooks, name resolution
 through the executor, and the unclosed-loop warning. Signal handlers are in
 ``_signals.py``, connections and servers in ``_net.py``, datagrams in ``_datagram.py``,
-pipes in ``_pipes.py``.
+pipes in ``_pipes.py``, ``sendfile`` and ``sock_sendfile`` in ``_sendfile.py``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,20 @@ from ferroloop._core import LoopCore, make_socket_transport
 from ferroloop._datagram import DatagramMixin
 from ferroloop._net import NetworkMixin
 from ferroloop._pipes import PipeMixin
+from ferroloop._sendfile import SendfileMixin
 from ferroloop._signals import SignalMixin
 
 logger = logging.getLogger("asyncio")
 
 
 class Loop(
-    LoopCore, SignalMixin, NetworkMixin, DatagramMixin, PipeMixin, asyncio.AbstractEventLoop
+    LoopCore,
+    SignalMixin,
+    NetworkMixin,
+    DatagramMixin,
+    PipeMixin,
+    SendfileMixin,
+    asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose core is written in Rust."""
 

@@ -182,6 +182,9 @@ struct TransportState {
     /// Registered with the loop for reading / writing.
     reading: bool,
     writing: bool,
+    /// While `loop.sendfile()` sends with `os.sendfile()` (asyncio's `_empty_waiter`): a
+    /// future done once the write queue is empty; writes are refused meanwhile.
+    empty_waiter: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._core", frozen, weakref)]
@@ -399,6 +402,30 @@ pub(crate) fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 impl StreamTransport {
+    /// Completes the pending `_make_empty_waiter()` future, if any and not done: the
+    /// write queue is empty (`Ok`), or writing failed or the connection was lost.
+    fn settle_empty_waiter(slf: &Bound<'_, Self>, outcome: Result<(), Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let waiter = slf
+            .get()
+            .state
+            .borrow(py)
+            .empty_waiter
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        let Some(waiter) = waiter.map(|w| w.into_bound(py)) else {
+            return Ok(());
+        };
+        if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        match outcome {
+            Ok(()) => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
+            Err(exc) => waiter.call_method1(intern!(py, "set_exception"), (exc,))?,
+        };
+        Ok(())
+    }
+
     /// The object protocols see: the facade, or this object if it has none.
     pub(crate) fn facade<'py>(slf: &Bound<'py, StreamTransport>) -> Bound<'py, PyAny> {
         let py = slf.py();
@@ -754,7 +781,10 @@ impl StreamTransport {
             Err(e) => {
                 Self::set_watch(slf, false, false)?;
                 this.state.borrow_mut(py).buffer.clear();
-                Self::fatal_error(slf, io_to_pyerr(e), "Fatal write error on socket transport")
+                let err = io_to_pyerr(e);
+                let value = err.value(py).clone().into_any();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                Self::settle_empty_waiter(slf, Err(value))
             }
             Ok(n) => {
                 this.state.borrow_mut(py).buffer.consume(n);
@@ -765,6 +795,7 @@ impl StreamTransport {
                 };
                 if empty {
                     Self::set_watch(slf, false, false)?;
+                    Self::settle_empty_waiter(slf, Ok(()))?;
                     if closing {
                         Self::call_connection_lost(slf, py.None().into_bound(py))?;
                     } else if eof {
@@ -782,6 +813,9 @@ impl StreamTransport {
         let py = slf.py();
         if slf.get().state.borrow(py).eof {
             return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+        }
+        if slf.get().state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
         }
         if !list_of_data.is_truthy()? {
             return Ok(());
@@ -810,6 +844,9 @@ impl StreamTransport {
             let mut st = this.state.borrow_mut(py);
             if st.eof {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
             }
             if total == 0 {
                 return Ok(());
@@ -928,7 +965,9 @@ impl StreamTransport {
             None => Ok(()),
         };
         drop((loop_, sock, protocol, cbs, facade));
-        result.and(closed).and(detached)
+        let lost = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+        let waiter = Self::settle_empty_waiter(slf, Err(lost.into_value(py).into_bound(py).into_any()));
+        result.and(closed).and(detached).and(waiter)
     }
 }
 
@@ -981,6 +1020,7 @@ impl StreamTransport {
                 last_read: 0,
                 reading: false,
                 writing: false,
+                empty_waiter: None,
             }),
         };
         t.install_protocol(protocol)?;
@@ -1172,6 +1212,40 @@ impl StreamTransport {
         self.install_protocol(protocol)
     }
 
+    /// For `loop.sendfile()` (asyncio's `_make_empty_waiter`): a future done once the
+    /// write queue is empty; until `_reset_empty_waiter()`, writes are refused.
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let Some(loop_) = this.loop_of(py) else {
+            return Err(PyRuntimeError::new_err("the transport is closed"));
+        };
+        let waiter = loop_.bind(py).call_method0(intern!(py, "create_future"))?;
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            st.empty_waiter = Some(waiter.clone().unbind());
+            st.buffer.is_empty()
+        };
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    /// Whether the protocol was told to pause writing (for `loop.sendfile()`'s fallback).
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_paused
+    }
+
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
@@ -1221,6 +1295,7 @@ impl StreamTransport {
             visit.call(&st.buffer_updated)?;
             visit.call(&st.facade)?;
             visit.call(&st.server)?;
+            visit.call(&st.empty_waiter)?;
         }
         Ok(())
     }
@@ -1235,6 +1310,7 @@ impl StreamTransport {
                 st.buffer_updated.take(),
                 st.facade.take(),
                 st.server.take(),
+                st.empty_waiter.take(),
             )
         });
         drop(taken);

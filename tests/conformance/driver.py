@@ -74,6 +74,7 @@ MODULES = (
     "test_server",
     "test_buffered_proto",
     "test_sock_lowlevel",
+    "test_sendfile",
 )
 
 PACKAGE = "test.test_asyncio"
@@ -100,6 +101,15 @@ STDLIB_LOOP_CLASSES = {
             "ProactorEventLoopTests",
         }
     ),
+    "test_sendfile": frozenset(
+        {
+            "EPollEventLoopTests",
+            "PollEventLoopTests",
+            "SelectEventLoopTests",
+            "KqueueEventLoopTests",
+            "ProactorEventLoopTests",
+        }
+    ),
     "test_server": frozenset({"SelectorStartServerTests", "ProactorStartServerTests"}),
     "test_buffered_proto": frozenset(
         {"BufferedProtocolSelectorTests", "BufferedProtocolProactorTests"}
@@ -110,7 +120,7 @@ STDLIB_LOOP_CLASSES = {
 # records the type of each test's ``self.loop`` (after setUp) and reports a
 # runner error when one is not the loop under test.
 LOOP_CHECKED_MODULES = frozenset(
-    {"test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel"}
+    {"test_streams", "test_server", "test_buffered_proto", "test_sock_lowlevel", "test_sendfile"}
 )
 
 LOOP_MODES = ("ferroloop", "asyncio")
@@ -472,6 +482,19 @@ def _bind_test_sock_lowlevel(module, loop_factory):
     return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
 
 
+def _bind_test_sendfile(module, loop_factory):
+    """FerroloopEventLoopTests: test_sendfile's SendfileTestsBase (loop.sendfile and
+    loop.sock_sendfile) bound to the loop under test, like its EPollEventLoopTests are
+    bound to SelectorEventLoop(EpollSelector())."""
+    from test.test_asyncio import utils as test_utils
+
+    class FerroloopEventLoopTests(module.SendfileTestsBase, test_utils.TestCase):
+        def create_event_loop(self):
+            return loop_factory()
+
+    return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
+
+
 def _bind_test_server(module, loop_factory):
     """FerroloopStartServerTests: test_server's tests with new_loop() giving
     the loop under test. It derives from SelectorStartServerTests, which adds
@@ -502,6 +525,7 @@ def _bind_test_buffered_proto(module, loop_factory):
 _LOOP_BINDINGS = {
     "test_events": _bind_test_events,
     "test_sock_lowlevel": _bind_test_sock_lowlevel,
+    "test_sendfile": _bind_test_sendfile,
     "test_server": _bind_test_server,
     "test_buffered_proto": _bind_test_buffered_proto,
 }
