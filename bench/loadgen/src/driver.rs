@@ -152,6 +152,7 @@ fn build_request(cfg: &Config) -> Vec<u8> {
         .into_bytes(),
         // A pattern that is unlikely to be echoed back correctly by accident.
         Mode::Echo | Mode::Churn => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
+        Mode::Sink | Mode::Source => unreachable!("the bulk modes run in bulk.rs"),
     }
 }
 
@@ -368,6 +369,7 @@ impl<'a> Driver<'a> {
                 }
                 Flow::More
             }
+            Mode::Sink | Mode::Source => unreachable!("the bulk modes run in bulk.rs"),
             Mode::Http => {
                 let slot = &mut self.slots[i];
                 slot.resp.extend_from_slice(&self.scratch[..n]);
