@@ -719,6 +719,15 @@ def main(argv=None) -> int:
                     live = [name for name in loops if name not in dead]
                     progress.step(f"{bench.id} | {', '.join(live)} | rep {rep + 1}/{reps}", len(loops))
                     outcome = runner.run_concurrent(bench, live) if live else {}
+                    refused = [n for n, got in outcome.items() if isinstance(got, Unsupported)]
+                    if refused:
+                        # A loop that lacks the feature stopped the others before their
+                        # window: this repetition runs again without it.
+                        dead.update(refused)
+                        again = [name for name in live if name not in dead]
+                        outcome = {n: outcome[n] for n in refused}
+                        if again:
+                            outcome.update(runner.run_concurrent(bench, again))
                     for name, got in outcome.items():
                         if not isinstance(got, BenchError):
                             samples[name].append(got)

@@ -13,6 +13,7 @@ import gc
 import io
 import os
 import socket
+import sys
 import tempfile
 from asyncio import base_events, constants
 from unittest import mock
@@ -22,6 +23,7 @@ from net_helpers import run, settle
 from transport_helpers import MIB, Proto, both, fds, pattern, peer_read_exactly, sock_pair
 
 DATA = pattern(MIB + 12345, seed=11)
+PY312 = sys.version_info >= (3, 12)
 KINDS = ["tcp", "unix"]
 kinds = pytest.mark.parametrize("kind", KINDS)
 
@@ -327,9 +329,15 @@ def test_forced_fallback_respects_flow_control(loop, oracle_loop, data_file):
         return paused_before, ret, got[256 * 1024 :] == DATA, p.kinds()
 
     got, expected = both(loop, oracle_loop, scenario)
-    assert got == expected
-    assert got[:3] == (True, len(DATA), True)
-    assert got[3] == ["made", "pause", "resume", "lost"]
+    paused_before, ret, intact, kinds = got
+    assert (paused_before, ret, kinds) == (True, len(DATA), ["made", "pause", "resume", "lost"])
+    assert (expected[0], expected[1], expected[3]) == (paused_before, ret, kinds)
+    # asyncio 3.12+ queues a view of the fallback's read buffer, which its next read
+    # overwrites: what it sends can be wrong there. ferroloop's is always right.
+    if not isinstance(loop, asyncio.SelectorEventLoop):
+        assert intact
+    if not PY312:
+        assert intact and expected[2]
 
 
 def test_fallback_false_when_zero_copy_cannot_serve(loop, oracle_loop, data_file):

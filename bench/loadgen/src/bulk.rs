@@ -166,7 +166,7 @@ pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Repor
     eprintln!("window-end");
     let _ = io::stderr().flush();
     let report = Report {
-        ops: moved / MIB,
+        ops: moved as f64 / MIB as f64,
         seconds: ended.saturating_duration_since(started).as_secs_f64(),
         errors: 0,
         cpu_seconds,

@@ -26,7 +26,9 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// What a run measured.
 pub struct Report {
-    pub ops: u64,
+    /// Operations completed in the window (whole ones, except in the bulk modes, where an
+    /// operation is a MiB and a fraction of one counts).
+    pub ops: f64,
     pub seconds: f64,
     pub errors: u64,
     /// CPU seconds the load generator itself used during the window.
@@ -557,7 +559,7 @@ pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Repor
         _ => 0.0,
     };
     let report = Report {
-        ops,
+        ops: ops as f64,
         seconds,
         errors,
         cpu_seconds,

@@ -22,7 +22,7 @@ use driver::Report;
 /// The JSON line printed on stdout.
 fn to_json(cfg: &args::Config, r: &Report) -> String {
     let us = |ns: u64| ns as f64 / 1000.0;
-    let rate = if r.seconds > 0.0 { r.ops as f64 / r.seconds } else { 0.0 };
+    let rate = if r.seconds > 0.0 { r.ops / r.seconds } else { 0.0 };
     format!(
         concat!(
             "{{\"mode\":\"{}\",\"conns\":{},\"threads\":{},\"size\":{},\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{:.1},",
@@ -101,7 +101,7 @@ mod tests {
         let line = to_json(
             &cfg,
             &Report {
-                ops: 10,
+                ops: 10.0,
                 seconds: 2.0,
                 errors: 1,
                 cpu_seconds: 0.5,
