@@ -8,6 +8,12 @@
 //! queues only the rest; the queue is flushed with vectored writes when the socket is
 //! writable. Flow control follows asyncio (high 64 KiB, low 16 KiB by default).
 //!
+//! `loop.sendfile()` (`python/ferroloop/_sendfile.py`) sends with `os.sendfile()` on the
+//! transport's socket. Its one hook here is asyncio's empty waiter: `_make_empty_waiter()`
+//! gives a future done once the write queue is empty (failed by a write error or a lost
+//! connection), and until `_reset_empty_waiter()` writes are refused. The write queue
+//! (`WriteBuffer`) is shared with the pipe transports.
+//!
 //! The object handed to protocols is a thin Python facade (`ferroloop._transports`),
 //! a subclass of `asyncio.Transport` whose hot methods are slots holding this
 //! object's bound methods.
