@@ -74,10 +74,10 @@ EXPECTED_FAILURES = {
 ONLY_ON = {
     '3.12': {
         # test_streams
-        'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (a pipe's file from test_read_all_from_pipe_reader, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
+        'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (the read pipe transport test_read_all_from_pipe_reader leaves open when its subprocess cannot start, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
     },
     '3.13': {
         # test_streams
-        'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (a pipe's file from test_read_all_from_pipe_reader, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
+        'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (the read pipe transport test_read_all_from_pipe_reader leaves open when its subprocess cannot start, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
     },
 }
