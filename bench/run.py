@@ -14,6 +14,11 @@ Benchmarks (bench/README.md says more):
                the loadgen binary in echo mode
   http/*       uvicorn + httptools hello world (bench/servers/http_server.py), loadgen http mode
   churn/*      connect, one 100-byte echo, close (Protocol server), loadgen churn mode
+  pipe/*       connect_read_pipe / connect_write_pipe over a FIFO, 64 KiB chunks
+               (bench/servers/bulk_server.py), loadgen source / sink mode, in MiB/s
+  sendfile/*   a 100 MiB file sent again and again over one loopback TCP connection, with
+               loop.sendfile or with transport.write of its contents (bulk_server.py),
+               loadgen sink mode, in MiB/s; uvloop has no loop.sendfile (n/a)
 
 For each benchmark the loops run interleaved: for each repetition, every loop once (the
 starting loop rotates). The table shows medians over the repetitions: throughput, the server's
@@ -78,6 +83,9 @@ TRANSPORTS = ("tcp", "unix")
 ECHO_SIZES_KIB = (1, 10, 100)
 CONNECTIONS = (10, 100)
 CHURN_MESSAGE = 100  # bytes
+PIPE_CHUNK = 64 * 1024  # bytes written per write() in the pipe rows
+SENDFILE_SIZE = 100 * 1024 * 1024  # the file of the sendfile rows
+SINK_READ = 256 * 1024  # the load generator's reads in the bulk rows
 
 # Longest waits for a child, on top of the run's own warmup/duration.
 SERVER_START_TIMEOUT = 60.0
@@ -92,6 +100,9 @@ class Bench:
     unit: str
     latency: bool
     params: dict = field(default_factory=dict)
+    # Loops that lack the feature this benchmark measures: n/a there is expected (the smoke
+    # check accepts it), though they are still tried.
+    optional: tuple = ()
 
 
 def all_benchmarks() -> list[Bench]:
@@ -137,6 +148,40 @@ def all_benchmarks() -> list[Bench]:
                 "conn/s",
                 True,
                 {"style": "protocol", "transport": "tcp", "size": CHURN_MESSAGE, "conns": conns},
+            )
+        )
+    for way in ("read", "write"):
+        benches.append(
+            Bench(
+                f"pipe/{way}/64KiB",
+                "pipe",
+                f"pipe {way} 64KiB chunks",
+                "MiB/s",
+                False,
+                {
+                    "mode": f"pipe-{way}",
+                    "size": PIPE_CHUNK,
+                    # The load generator writes what the loop reads, reads what it writes.
+                    "client": "source" if way == "read" else "sink",
+                    "client_size": PIPE_CHUNK if way == "read" else SINK_READ,
+                },
+            )
+        )
+    for how, title in (("sendfile", "loop.sendfile"), ("write", "transport.write")):
+        benches.append(
+            Bench(
+                f"sendfile/{how}/tcp/100MiB",
+                "sendfile",
+                f"{title} 100MiB file tcp",
+                "MiB/s",
+                False,
+                {
+                    "mode": how,
+                    "size": SENDFILE_SIZE,
+                    "client": "sink",
+                    "client_size": SINK_READ,
+                },
+                optional=("uvloop",) if how == "sendfile" else (),
             )
         )
     return benches
@@ -288,6 +333,14 @@ class Runner:
         if bench.group == "http":
             cmd = [sys.executable, os.path.join(HERE, "servers", "http_server.py"), "--loop", loop]
             mode = "http"
+        elif bench.group in ("pipe", "sendfile"):
+            cmd = [sys.executable, os.path.join(HERE, "servers", "bulk_server.py"), "--loop", loop]
+            cmd += ["--mode", p["mode"], "--size", str(p["size"])]
+            if bench.group == "pipe":
+                cmd += ["--fifo", os.path.join(tmp, "bulk.fifo")]
+            else:
+                cmd += ["--tcp", "127.0.0.1:0", "--file", os.path.join(tmp, "bulk.file")]
+            mode = p["client"]
         else:
             cmd = [sys.executable, os.path.join(HERE, "servers", "echo_server.py"), "--loop", loop]
             cmd += ["--style", p["style"]]
@@ -317,17 +370,20 @@ class Runner:
                 raise
             except BenchError as exc:
                 raise BenchError(tail(errlog_path) or str(exc)) from None
-            target = ["--unix" if p.get("transport") == "unix" else "--tcp", ready["address"]]
+            if bench.group == "pipe":
+                target = ["--fifo", ready["address"]]
+            else:
+                target = ["--unix" if p.get("transport") == "unix" else "--tcp", ready["address"]]
             if barrier is not None:
                 try:
                     barrier.wait(SERVER_START_TIMEOUT)
                 except threading.BrokenBarrierError:
                     raise BenchError("another loop of this concurrent run failed") from None
-            lg_cmd = [self.loadgen, mode, *target, "--conns", str(p["conns"]), "--hold"]
+            lg_cmd = [self.loadgen, mode, *target, "--conns", str(p.get("conns", 1)), "--hold"]
             lg_cmd += ["--threads", str(self.client_threads)]
             lg_cmd += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
             if mode != "http":
-                lg_cmd += ["--size", str(p["size"])]
+                lg_cmd += ["--size", str(p.get("client_size", p["size"]))]
             client = subprocess.Popen(
                 lg_cmd,
                 stdin=subprocess.PIPE,
@@ -481,8 +537,9 @@ def draw_chart(benchmarks: list[dict], loops: list[str], path: str, title: str) 
 
 
 def smoke_problems(benchmarks: list[dict], loops: list[str]) -> list[str]:
-    """What makes a smoke run fail: a row without a number for asyncio or uvloop, or a
-    ferroloop cell that is neither a number nor an explicit n/a."""
+    """What makes a smoke run fail: a row without a number for asyncio or uvloop (unless
+    the row says that loop lacks the feature), or a ferroloop cell that is neither a number
+    nor an explicit n/a."""
     problems = []
     for bench in benchmarks:
         for name in loops:
@@ -496,6 +553,8 @@ def smoke_problems(benchmarks: list[dict], loops: list[str]) -> list[str]:
             numeric = cell.get("status") == "ok" and all(is_number(cell.get(k)) for k in keys)
             if numeric:
                 continue
+            if name in bench.get("optional", ()) and cell.get("status") == NA:
+                continue  # the loop lacks the feature
             if name == "ferroloop" and cell.get("status") == NA and cell.get("ops_per_sec") == NA:
                 continue
             problems.append(f"{bench['id']} on {name}: {cell.get('reason', 'no number')}")
@@ -660,6 +719,15 @@ def main(argv=None) -> int:
                     live = [name for name in loops if name not in dead]
                     progress.step(f"{bench.id} | {', '.join(live)} | rep {rep + 1}/{reps}", len(loops))
                     outcome = runner.run_concurrent(bench, live) if live else {}
+                    refused = [n for n, got in outcome.items() if isinstance(got, Unsupported)]
+                    if refused:
+                        # A loop that lacks the feature stopped the others before their
+                        # window: this repetition runs again without it.
+                        dead.update(refused)
+                        again = [name for name in live if name not in dead]
+                        outcome = {n: outcome[n] for n in refused}
+                        if again:
+                            outcome.update(runner.run_concurrent(bench, again))
                     for name, got in outcome.items():
                         if not isinstance(got, BenchError):
                             samples[name].append(got)
@@ -699,6 +767,7 @@ def main(argv=None) -> int:
                     "unit": bench.unit,
                     "latency": bench.latency,
                     "params": bench.params,
+                    "optional": list(bench.optional),
                     "loops": cells,
                 }
             )

@@ -27,6 +27,7 @@ use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
 use crate::transports::datagram::DatagramTransport;
+use crate::transports::pipe::{ReadPipeTransport, WritePipeTransport};
 use crate::transports::stream::{io_to_pyerr, StreamTransport};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
@@ -48,6 +49,11 @@ pub(crate) enum Watcher {
     Handle(Py<Handle>),
     Transport(Py<StreamTransport>),
     Datagram(Py<DatagramTransport>),
+    /// A read pipe transport (watches for reading only).
+    ReadPipe(Py<ReadPipeTransport>),
+    /// A write pipe transport: writable, and, for a pipe or socket, readable once its
+    /// reader is gone.
+    WritePipe(Py<WritePipeTransport>),
 }
 
 impl Watcher {
@@ -59,6 +65,9 @@ impl Watcher {
             Watcher::Transport(t) => Some(Ready::Write(t.clone_ref(py))),
             Watcher::Datagram(t) if read => Some(Ready::DatagramRead(t.clone_ref(py))),
             Watcher::Datagram(t) => Some(Ready::DatagramWrite(t.clone_ref(py))),
+            Watcher::ReadPipe(t) => Some(Ready::ReadPipe(t.clone_ref(py))),
+            Watcher::WritePipe(t) if read => Some(Ready::WritePipeGone(t.clone_ref(py))),
+            Watcher::WritePipe(t) => Some(Ready::WritePipeWrite(t.clone_ref(py))),
         }
     }
 
@@ -67,6 +76,8 @@ impl Watcher {
             Watcher::Handle(h) => visit.call(h),
             Watcher::Transport(t) => visit.call(t),
             Watcher::Datagram(t) => visit.call(t),
+            Watcher::ReadPipe(t) => visit.call(t),
+            Watcher::WritePipe(t) => visit.call(t),
         }
     }
 }
@@ -82,6 +93,12 @@ pub(crate) enum Ready {
     DatagramRead(Py<DatagramTransport>),
     /// A datagram transport's socket is writable.
     DatagramWrite(Py<DatagramTransport>),
+    /// A read pipe transport's fd is readable.
+    ReadPipe(Py<ReadPipeTransport>),
+    /// A write pipe transport's fd is readable: its reader is gone.
+    WritePipeGone(Py<WritePipeTransport>),
+    /// A write pipe transport's fd is writable.
+    WritePipeWrite(Py<WritePipeTransport>),
 }
 
 impl Ready {
@@ -90,6 +107,8 @@ impl Ready {
             Ready::Handle(h) => Handle::visit_owned(h, visit),
             Ready::Read(t) | Ready::Write(t) => visit.call(t),
             Ready::DatagramRead(t) | Ready::DatagramWrite(t) => visit.call(t),
+            Ready::ReadPipe(t) => visit.call(t),
+            Ready::WritePipeGone(t) | Ready::WritePipeWrite(t) => visit.call(t),
         }
     }
 }
@@ -632,6 +651,9 @@ impl LoopCore {
                 Ready::Write(t) => StreamTransport::write_ready(t.bind(py))?,
                 Ready::DatagramRead(t) => DatagramTransport::read_ready(t.bind(py))?,
                 Ready::DatagramWrite(t) => DatagramTransport::write_ready(t.bind(py))?,
+                Ready::ReadPipe(t) => ReadPipeTransport::read_ready(t.bind(py))?,
+                Ready::WritePipeGone(t) => WritePipeTransport::reader_gone(t.bind(py))?,
+                Ready::WritePipeWrite(t) => WritePipeTransport::write_ready(t.bind(py))?,
             }
         }
         Ok(())
@@ -924,6 +946,9 @@ impl LoopCore {
                 Handle::do_cancel(h.bind(py))?;
                 Ok(true)
             }
+            // A pipe transport's watch (pipe transports do not own their fd): removed, as
+            // asyncio's remove_reader removes the transport's handle.
+            (Some(Watcher::ReadPipe(_) | Watcher::WritePipe(_)), None) => Ok(true),
             _ => Ok(false),
         }
     }
@@ -1338,6 +1363,18 @@ impl LoopCore {
 
     fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::unwatch_py(slf, fd, false)
+    }
+
+    /// For `loop.sendfile()`, which watches a transport's socket itself while it sends
+    /// (asyncio's `del loop._transports[fd]`): `fd` is no longer recorded as owned by
+    /// `transport`, so that the watch functions take it.
+    fn _release_transport_fd(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) {
+        self.unregister_transport(py, fd, transport);
+    }
+
+    /// Records `transport` as the owner of `fd` again (asyncio's `loop._transports[fd] = t`).
+    fn _claim_transport_fd(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.register_transport(py, fd, transport)
     }
 
     // ---- executors ----

@@ -4,7 +4,8 @@ Hot paths (scheduling, the run step, handles, fd watches) are methods of the Rus
 base ``LoopCore``. What stays here is cold and coroutine-shaped: shutting down async
 generators and the default executor, the async generator hooks, name resolution
 through the executor, and the unclosed-loop warning. Signal handlers are in
-``_signals.py``, connections and servers in ``_net.py``.
+``_signals.py``, connections and servers in ``_net.py``, datagrams in ``_datagram.py``,
+pipes in ``_pipes.py``, ``sendfile`` and ``sock_sendfile`` in ``_sendfile.py``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,22 @@ from ferroloop._compat import PY314
 from ferroloop._core import LoopCore, make_socket_transport
 from ferroloop._datagram import DatagramMixin
 from ferroloop._net import NetworkMixin
+from ferroloop._pipes import PipeMixin
+from ferroloop._sendfile import SendfileMixin
 from ferroloop._signals import SignalMixin
 
 logger = logging.getLogger("asyncio")
 
 
-class Loop(LoopCore, SignalMixin, NetworkMixin, DatagramMixin, asyncio.AbstractEventLoop):
+class Loop(
+    LoopCore,
+    SignalMixin,
+    NetworkMixin,
+    DatagramMixin,
+    PipeMixin,
+    SendfileMixin,
+    asyncio.AbstractEventLoop,
+):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self) -> None:

@@ -16,12 +16,18 @@ without running ``__init__``.
 ``DatagramSocketTransport`` is the same kind of facade over the Rust
 ``DatagramTransport``, made by ``ferroloop._core.make_datagram_transport``; its
 ``sendto`` slot is filled when it is made.
+
+``ReadPipeTransport`` and ``WritePipeTransport`` are the facades over the Rust pipe
+transports (``ferroloop._core.make_read_pipe_transport`` and
+``make_write_pipe_transport``); the write transport's ``write`` slot is filled when it
+is made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import warnings
+from asyncio.constants import _SendfileMode
 
 
 def _set_result_unless_cancelled(fut, result) -> None:
@@ -48,6 +54,8 @@ class SocketTransport(asyncio.Transport):
 
     # loop.start_tls() accepts it, as asyncio's selector socket transport.
     _start_tls_compatible = True
+    # loop.sendfile() sends with os.sendfile(), falling back to reading and writing.
+    _sendfile_compatible = _SendfileMode.TRY_NATIVE
 
     __slots__ = (
         "_core",
@@ -287,3 +295,138 @@ class SSLProtocolTransport(asyncio.Transport):
 
     def _test__append_write_backlog(self, data) -> None:
         self._ssl_protocol._test__append_write_backlog(data)
+
+
+# The read pipe transport's methods held in slots.
+_READ_PIPE_CORE_METHODS = frozenset(("is_closing", "pause_reading", "resume_reading", "is_reading"))
+
+
+class ReadPipeTransport(asyncio.ReadTransport):
+    """A read transport over a pipe, FIFO, socket or character device (a pty...)."""
+
+    __slots__ = ("_core", "is_closing", "pause_reading", "resume_reading", "is_reading", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(
+            "ReadPipeTransport objects are made by the loop "
+            "(ferroloop._core.make_read_pipe_transport)"
+        )
+
+    def __getattr__(self, name):
+        if name in _READ_PIPE_CORE_METHODS:
+            method = getattr(self._core, name)
+            object.__setattr__(self, name, method)
+            return method
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return "<{} {}>".format(self.__class__.__name__, " ".join(self._core._repr_info()))
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None and core._open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core._close_pipe()
+
+    # asyncio's transport keeps its pipe object as ``_pipe`` (None once closed); code
+    # that sets it to None takes the pipe over, as with asyncio's.
+    @property
+    def _pipe(self):
+        return self._core._pipe
+
+    @_pipe.setter
+    def _pipe(self, value):
+        if value is not None:
+            raise ValueError("only None can be assigned to _pipe")
+        self._core._forget_pipe()
+
+    @property
+    def _fileno(self):
+        return self._core._fileno
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def set_protocol(self, protocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+
+# The write pipe transport's methods held in slots (``write`` is filled when the
+# transport is made).
+_WRITE_PIPE_CORE_METHODS = frozenset(("write", "is_closing", "get_write_buffer_size"))
+
+
+class WritePipeTransport(asyncio.WriteTransport):
+    """A write transport over a pipe, FIFO, socket or character device (a pty...)."""
+
+    __slots__ = ("_core", "write", "is_closing", "get_write_buffer_size", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(
+            "WritePipeTransport objects are made by the loop "
+            "(ferroloop._core.make_write_pipe_transport)"
+        )
+
+    def __getattr__(self, name):
+        if name in _WRITE_PIPE_CORE_METHODS:
+            method = getattr(self._core, name)
+            object.__setattr__(self, name, method)
+            return method
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return "<{} {}>".format(self.__class__.__name__, " ".join(self._core._repr_info()))
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        if core is not None and core._open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core._close_pipe()
+
+    @property
+    def _pipe(self):
+        return self._core._pipe
+
+    @_pipe.setter
+    def _pipe(self, value):
+        if value is not None:
+            raise ValueError("only None can be assigned to _pipe")
+        self._core._forget_pipe()
+
+    @property
+    def _fileno(self):
+        return self._core._fileno
+
+    @property
+    def _protocol_paused(self):
+        return self._core._protocol_paused
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def set_protocol(self, protocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._core.set_write_buffer_limits(high, low)

@@ -184,11 +184,12 @@ enum Received<'py> {
     Failed(PyErr),
 }
 
-/// Enters `context` for the life of the guard (the read and write paths).
-struct Entered<'py>(Bound<'py, PyAny>);
+/// Enters `context` for the life of the guard (the read and write paths; the pipe
+/// transports' too).
+pub(crate) struct Entered<'py>(Bound<'py, PyAny>);
 
 impl<'py> Entered<'py> {
-    fn enter(context: Bound<'py, PyAny>) -> PyResult<Entered<'py>> {
+    pub(crate) fn enter(context: Bound<'py, PyAny>) -> PyResult<Entered<'py>> {
         // SAFETY: `context` is a live contextvars.Context (made by PyContext_CopyCurrent)
         // and the GIL is held.
         if unsafe { ffi::PyContext_Enter(context.as_ptr()) } < 0 {

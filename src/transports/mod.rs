@@ -2,6 +2,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod datagram;
+pub(crate) mod pipe;
 pub(crate) mod sockaddr;
 pub(crate) mod stream;
 pub(crate) mod tls;
@@ -12,6 +13,7 @@ pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
     accept::init_pymodule(m)?;
     datagram::init_pymodule(m)?;
+    pipe::init_pymodule(m)?;
     tls::init_pymodule(m)?;
     Ok(())
 }

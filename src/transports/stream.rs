@@ -8,6 +8,12 @@
 //! queues only the rest; the queue is flushed with vectored writes when the socket is
 //! writable. Flow control follows asyncio (high 64 KiB, low 16 KiB by default).
 //!
+//! `loop.sendfile()` (`python/ferroloop/_sendfile.py`) sends with `os.sendfile()` on the
+//! transport's socket. Its one hook here is asyncio's empty waiter: `_make_empty_waiter()`
+//! gives a future done once the write queue is empty (failed by a write error or a lost
+//! connection), and until `_reset_empty_waiter()` writes are refused. The write queue
+//! (`WriteBuffer`) is shared with the pipe transports.
+//!
 //! The object handed to protocols is a thin Python facade (`ferroloop._transports`),
 //! a subclass of `asyncio.Transport` whose hot methods are slots holding this
 //! object's bound methods.
@@ -63,19 +69,20 @@ impl Chunk {
     }
 }
 
-/// Bytes queued for sending: whole chunks, the first one partly sent.
+/// Bytes queued for sending: whole chunks, the first one partly sent. (The pipe
+/// transport queues its writes in one too.)
 #[derive(Default)]
-struct WriteBuffer {
+pub(crate) struct WriteBuffer {
     chunks: VecDeque<Chunk>,
     /// Bytes of the first chunk already sent.
     offset: usize,
     /// Bytes queued in all, not counting `offset`.
-    size: usize,
+    pub(crate) size: usize,
 }
 
 impl WriteBuffer {
     /// Queues `data[skip..]`; `shared` is the bytes object `data` belongs to, if any.
-    fn push(&mut self, data: &[u8], skip: usize, shared: Option<&Bound<'_, PyBytes>>) {
+    pub(crate) fn push(&mut self, data: &[u8], skip: usize, shared: Option<&Bound<'_, PyBytes>>) {
         let rest = &data[skip..];
         if rest.is_empty() {
             return;
@@ -108,17 +115,17 @@ impl WriteBuffer {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.size == 0
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.chunks.clear();
         self.offset = 0;
         self.size = 0;
     }
 
-    fn iovecs(&self) -> Vec<libc::iovec> {
+    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
         self.chunks
             .iter()
             .take(IOV_BATCH)
@@ -134,7 +141,7 @@ impl WriteBuffer {
             .collect()
     }
 
-    fn consume(&mut self, mut n: usize) {
+    pub(crate) fn consume(&mut self, mut n: usize) {
         self.size -= n;
         while n > 0 {
             let first = self.chunks.front().expect("consumed more than queued").as_slice().len();
@@ -181,6 +188,9 @@ struct TransportState {
     /// Registered with the loop for reading / writing.
     reading: bool,
     writing: bool,
+    /// While `loop.sendfile()` sends with `os.sendfile()` (asyncio's `_empty_waiter`): a
+    /// future done once the write queue is empty; writes are refused meanwhile.
+    empty_waiter: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._core", frozen, weakref)]
@@ -401,6 +411,30 @@ pub(crate) fn is_bytes_like(obj: &Bound<'_, PyAny>) -> bool {
 }
 
 impl StreamTransport {
+    /// Completes the pending `_make_empty_waiter()` future, if any and not done: the
+    /// write queue is empty (`Ok`), or writing failed or the connection was lost.
+    fn settle_empty_waiter(slf: &Bound<'_, Self>, outcome: Result<(), Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let waiter = slf
+            .get()
+            .state
+            .borrow(py)
+            .empty_waiter
+            .as_ref()
+            .map(|w| w.clone_ref(py));
+        let Some(waiter) = waiter.map(|w| w.into_bound(py)) else {
+            return Ok(());
+        };
+        if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+            return Ok(());
+        }
+        match outcome {
+            Ok(()) => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
+            Err(exc) => waiter.call_method1(intern!(py, "set_exception"), (exc,))?,
+        };
+        Ok(())
+    }
+
     /// The object protocols see: the facade, or this object if it has none.
     pub(crate) fn facade<'py>(slf: &Bound<'py, StreamTransport>) -> Bound<'py, PyAny> {
         let py = slf.py();
@@ -756,7 +790,10 @@ impl StreamTransport {
             Err(e) => {
                 Self::set_watch(slf, false, false)?;
                 this.state.borrow_mut(py).buffer.clear();
-                Self::fatal_error(slf, io_to_pyerr(e), "Fatal write error on socket transport")
+                let err = io_to_pyerr(e);
+                let value = err.value(py).clone().into_any();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                Self::settle_empty_waiter(slf, Err(value))
             }
             Ok(n) => {
                 this.state.borrow_mut(py).buffer.consume(n);
@@ -767,6 +804,7 @@ impl StreamTransport {
                 };
                 if empty {
                     Self::set_watch(slf, false, false)?;
+                    Self::settle_empty_waiter(slf, Ok(()))?;
                     if closing {
                         Self::call_connection_lost(slf, py.None().into_bound(py))?;
                     } else if eof {
@@ -784,6 +822,9 @@ impl StreamTransport {
         let py = slf.py();
         if slf.get().state.borrow(py).eof {
             return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+        }
+        if slf.get().state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
         }
         if !list_of_data.is_truthy()? {
             return Ok(());
@@ -812,6 +853,9 @@ impl StreamTransport {
             let mut st = this.state.borrow_mut(py);
             if st.eof {
                 return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
             }
             if total == 0 {
                 return Ok(());
@@ -930,7 +974,9 @@ impl StreamTransport {
             None => Ok(()),
         };
         drop((loop_, sock, protocol, cbs, facade));
-        result.and(closed).and(detached)
+        let lost = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+        let waiter = Self::settle_empty_waiter(slf, Err(lost.into_value(py).into_bound(py).into_any()));
+        result.and(closed).and(detached).and(waiter)
     }
 }
 
@@ -983,6 +1029,7 @@ impl StreamTransport {
                 last_read: 0,
                 reading: false,
                 writing: false,
+                empty_waiter: None,
             }),
         };
         t.install_protocol(protocol)?;
@@ -1180,6 +1227,40 @@ impl StreamTransport {
         self.install_protocol(protocol)
     }
 
+    /// For `loop.sendfile()` (asyncio's `_make_empty_waiter`): a future done once the
+    /// write queue is empty; until `_reset_empty_waiter()`, writes are refused.
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let Some(loop_) = this.loop_of(py) else {
+            return Err(PyRuntimeError::new_err("the transport is closed"));
+        };
+        let waiter = loop_.bind(py).call_method0(intern!(py, "create_future"))?;
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            st.empty_waiter = Some(waiter.clone().unbind());
+            st.buffer.is_empty()
+        };
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    /// Whether the protocol was told to pause writing (for `loop.sendfile()`'s fallback).
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_paused
+    }
+
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
@@ -1229,6 +1310,7 @@ impl StreamTransport {
             visit.call(&st.buffer_updated)?;
             visit.call(&st.facade)?;
             visit.call(&st.server)?;
+            visit.call(&st.empty_waiter)?;
         }
         Ok(())
     }
@@ -1243,6 +1325,7 @@ impl StreamTransport {
                 st.buffer_updated.take(),
                 st.facade.take(),
                 st.server.take(),
+                st.empty_waiter.take(),
             )
         });
         drop(taken);

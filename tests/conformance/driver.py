@@ -76,6 +76,7 @@ MODULES = (
     "test_sock_lowlevel",
     "test_ssl",
     "test_sslproto",
+    "test_sendfile",
 )
 
 PACKAGE = "test.test_asyncio"
@@ -102,6 +103,15 @@ STDLIB_LOOP_CLASSES = {
             "ProactorEventLoopTests",
         }
     ),
+    "test_sendfile": frozenset(
+        {
+            "EPollEventLoopTests",
+            "PollEventLoopTests",
+            "SelectEventLoopTests",
+            "KqueueEventLoopTests",
+            "ProactorEventLoopTests",
+        }
+    ),
     "test_server": frozenset({"SelectorStartServerTests", "ProactorStartServerTests"}),
     "test_buffered_proto": frozenset(
         {"BufferedProtocolSelectorTests", "BufferedProtocolProactorTests"}
@@ -120,6 +130,7 @@ LOOP_CHECKED_MODULES = frozenset(
         "test_sock_lowlevel",
         "test_ssl",
         "test_sslproto",
+        "test_sendfile",
     }
 )
 
@@ -482,6 +493,19 @@ def _bind_test_sock_lowlevel(module, loop_factory):
     return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
 
 
+def _bind_test_sendfile(module, loop_factory):
+    """FerroloopEventLoopTests: test_sendfile's SendfileTestsBase (loop.sendfile and
+    loop.sock_sendfile) bound to the loop under test, like its EPollEventLoopTests are
+    bound to SelectorEventLoop(EpollSelector())."""
+    from test.test_asyncio import utils as test_utils
+
+    class FerroloopEventLoopTests(module.SendfileTestsBase, test_utils.TestCase):
+        def create_event_loop(self):
+            return loop_factory()
+
+    return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
+
+
 def _bind_test_server(module, loop_factory):
     """FerroloopStartServerTests: test_server's tests with new_loop() giving
     the loop under test. It derives from SelectorStartServerTests, which adds
@@ -527,6 +551,7 @@ def _bind_test_sslproto(module, loop_factory):
 _LOOP_BINDINGS = {
     "test_events": _bind_test_events,
     "test_sock_lowlevel": _bind_test_sock_lowlevel,
+    "test_sendfile": _bind_test_sendfile,
     "test_server": _bind_test_server,
     "test_buffered_proto": _bind_test_buffered_proto,
     "test_sslproto": _bind_test_sslproto,

@@ -13,15 +13,19 @@ modes:
   echo    each connection sends a message, waits for the whole echo, repeats
   http    HTTP/1.1 keep-alive GET requests; responses need Content-Length
   churn   connect, send one message, read its echo, close; repeat
+  sink    one stream read as fast as it comes (reads of --size bytes); counts MiB
+  source  one stream written as fast as it is taken (writes of --size bytes); counts MiB
 
 target (one of):
   --tcp HOST:PORT        TCP address (TCP_NODELAY is set)
   --host HOST --port N   same, in two parts
   --unix PATH            Unix stream socket
+  --fifo PATH            a FIFO, opened for reading (sink) or writing (source); bulk modes only
 
 options:
   --conns N          concurrent connections (default 10)
-  --size BYTES       message size for echo and churn (default 1024)
+  --size BYTES       message size for echo and churn (default 1024); read or write size
+                     for sink and source (default 65536)
   --duration SECS    length of the measured window (default 5)
   --warmup SECS      load before the window, not measured (default 1)
   --path PATH        request path for http (default /)
@@ -32,6 +36,7 @@ options:
 Prints `window-start` and `window-end` lines on stderr at the edges of the measured window and
 one JSON line on stdout:
   {\"ops\":N,\"seconds\":S,\"ops_per_sec\":X,\"p50_us\":..,\"p99_us\":..,\"errors\":E,...}
+In the bulk modes (sink, source) an operation is one MiB moved, and there is no latency.
 ";
 
 /// What kind of load to send.
@@ -40,6 +45,10 @@ pub enum Mode {
     Echo,
     Http,
     Churn,
+    /// Bulk: read one stream as fast as it comes.
+    Sink,
+    /// Bulk: write one stream as fast as it is taken.
+    Source,
 }
 
 impl Mode {
@@ -48,7 +57,14 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Http => "http",
             Mode::Churn => "churn",
+            Mode::Sink => "sink",
+            Mode::Source => "source",
         }
+    }
+
+    /// One stream one way, measured in MiB (`bulk.rs`), rather than request slots.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Mode::Sink | Mode::Source)
     }
 }
 
@@ -57,6 +73,8 @@ impl Mode {
 pub struct Config {
     pub mode: Mode,
     pub target: Target,
+    /// A FIFO to open instead of connecting to `target` (bulk modes).
+    pub fifo: Option<PathBuf>,
     /// `Host` header value for http.
     pub host: String,
     pub conns: usize,
@@ -100,6 +118,8 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         Some("echo") => Mode::Echo,
         Some("http") => Mode::Http,
         Some("churn") => Mode::Churn,
+        Some("sink") => Mode::Sink,
+        Some("source") => Mode::Source,
         Some(other) => return Err(format!("unknown mode {other}")),
         None => return Err("missing mode".into()),
     };
@@ -107,9 +127,12 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
     let mut host = None;
     let mut port = None;
     let mut unix = None;
+    let mut fifo = None;
+    let mut size = None;
     let mut cfg = Config {
         mode,
         target: Target::Unix(PathBuf::new()),
+        fifo: None,
         host: String::new(),
         conns: 10,
         size: 1024,
@@ -130,14 +153,30 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
             "--host" => host = Some(value.clone()),
             "--port" => port = Some(value.parse::<u16>().map_err(|_| format!("bad port {value}"))?),
             "--unix" => unix = Some(PathBuf::from(value)),
+            "--fifo" => fifo = Some(PathBuf::from(value)),
             "--conns" | "--concurrency" => cfg.conns = count(flag, value)?,
-            "--size" => cfg.size = count(flag, value)?,
+            "--size" => size = Some(count(flag, value)?),
             "--duration" => cfg.duration = seconds(flag, value)?,
             "--warmup" => cfg.warmup = seconds(flag, value)?,
             "--path" => cfg.path = value.clone(),
             "--threads" => cfg.threads = count(flag, value)?,
             _ => return Err(format!("unknown option {flag}")),
         }
+    }
+    cfg.size = size.unwrap_or(if mode.is_bulk() { 65536 } else { 1024 });
+    if let Some(path) = fifo {
+        if !mode.is_bulk() {
+            return Err("--fifo is for the sink and source modes".into());
+        }
+        if tcp.is_some() || host.is_some() || port.is_some() || unix.is_some() {
+            return Err(
+                "give exactly one target: --tcp HOST:PORT, --host HOST --port N, --unix PATH or --fifo PATH".into(),
+            );
+        }
+        cfg.fifo = Some(path);
+        cfg.conns = 1;
+        cfg.threads = 1;
+        return Ok(cfg);
     }
     cfg.target = match (tcp, host, port, unix) {
         (Some(hp), None, None, None) => {
@@ -159,6 +198,9 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         }
         _ => return Err("give exactly one target: --tcp HOST:PORT, --host HOST --port N, or --unix PATH".into()),
     };
+    if mode.is_bulk() {
+        cfg.conns = 1;
+    }
     cfg.threads = cfg.threads.min(cfg.conns);
     if cfg.mode == Mode::Http && !cfg.path.starts_with('/') {
         return Err("--path must start with /".into());
@@ -193,6 +235,18 @@ mod tests {
         assert_eq!(cfg.host, "127.0.0.1:80");
         let cfg = parse(&strings("churn --unix /tmp/x.sock")).unwrap();
         assert!(matches!(cfg.target, Target::Unix(_)));
+    }
+
+    #[test]
+    fn bulk_modes() {
+        let cfg = parse(&strings("sink --fifo /tmp/f")).unwrap();
+        assert_eq!((cfg.mode, cfg.size, cfg.conns), (Mode::Sink, 65536, 1));
+        assert_eq!(cfg.fifo.as_deref(), Some(std::path::Path::new("/tmp/f")));
+        let cfg = parse(&strings("source --tcp 127.0.0.1:9 --size 100 --conns 5")).unwrap();
+        assert_eq!((cfg.mode, cfg.size, cfg.conns), (Mode::Source, 100, 1));
+        assert!(cfg.fifo.is_none());
+        assert!(parse(&strings("echo --fifo /tmp/f")).is_err());
+        assert!(parse(&strings("sink --fifo /tmp/f --unix /x")).is_err());
     }
 
     #[test]

@@ -26,7 +26,9 @@ const MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// What a run measured.
 pub struct Report {
-    pub ops: u64,
+    /// Operations completed in the window (whole ones, except in the bulk modes, where an
+    /// operation is a MiB and a fraction of one counts).
+    pub ops: f64,
     pub seconds: f64,
     pub errors: u64,
     /// CPU seconds the load generator itself used during the window.
@@ -152,6 +154,7 @@ fn build_request(cfg: &Config) -> Vec<u8> {
         .into_bytes(),
         // A pattern that is unlikely to be echoed back correctly by accident.
         Mode::Echo | Mode::Churn => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
+        Mode::Sink | Mode::Source => unreachable!("the bulk modes run in bulk.rs"),
     }
 }
 
@@ -368,6 +371,7 @@ impl<'a> Driver<'a> {
                 }
                 Flow::More
             }
+            Mode::Sink | Mode::Source => unreachable!("the bulk modes run in bulk.rs"),
             Mode::Http => {
                 let slot = &mut self.slots[i];
                 slot.resp.extend_from_slice(&self.scratch[..n]);
@@ -555,7 +559,7 @@ pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Repor
         _ => 0.0,
     };
     let report = Report {
-        ops,
+        ops: ops as f64,
         seconds,
         errors,
         cpu_seconds,

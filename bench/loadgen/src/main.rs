@@ -3,10 +3,13 @@
 //! An epoll client (one thread unless `--threads` says more) that keeps a fixed number of
 //! connections busy against a server on this machine (echo, HTTP/1.1 keep-alive, or
 //! connection churn), so that the Python server under test is the bottleneck and not the
-//! client. It prints one JSON line with the throughput, the latency percentiles and the error
-//! count of the measured window. See `loadgen --help` and bench/README.md.
+//! client; or, in the bulk modes, one stream (a connection or a FIFO) read or written as
+//! fast as the server goes. It prints one JSON line with the throughput, the latency
+//! percentiles and the error count of the measured window. See `loadgen --help` and
+//! bench/README.md.
 
 mod args;
+mod bulk;
 mod driver;
 mod hist;
 mod net;
@@ -19,7 +22,7 @@ use driver::Report;
 /// The JSON line printed on stdout.
 fn to_json(cfg: &args::Config, r: &Report) -> String {
     let us = |ns: u64| ns as f64 / 1000.0;
-    let rate = if r.seconds > 0.0 { r.ops as f64 / r.seconds } else { 0.0 };
+    let rate = if r.seconds > 0.0 { r.ops / r.seconds } else { 0.0 };
     format!(
         concat!(
             "{{\"mode\":\"{}\",\"conns\":{},\"threads\":{},\"size\":{},\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{:.1},",
@@ -72,7 +75,12 @@ fn main() -> ExitCode {
             }
         }
     };
-    match driver::run(&cfg, printed) {
+    let result = if cfg.mode.is_bulk() {
+        bulk::run(&cfg, printed)
+    } else {
+        driver::run(&cfg, printed)
+    };
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -93,7 +101,7 @@ mod tests {
         let line = to_json(
             &cfg,
             &Report {
-                ops: 10,
+                ops: 10.0,
                 seconds: 2.0,
                 errors: 1,
                 cpu_seconds: 0.5,
