@@ -22,11 +22,14 @@ from ferroloop._core import LoopCore, make_socket_transport
 from ferroloop._datagram import DatagramMixin
 from ferroloop._net import NetworkMixin
 from ferroloop._signals import SignalMixin
+from ferroloop._subprocess import SubprocessMixin
 
 logger = logging.getLogger("asyncio")
 
 
-class Loop(LoopCore, SignalMixin, NetworkMixin, DatagramMixin, asyncio.AbstractEventLoop):
+class Loop(
+    LoopCore, SignalMixin, NetworkMixin, DatagramMixin, SubprocessMixin, asyncio.AbstractEventLoop
+):
     """An asyncio event loop whose core is written in Rust."""
 
     def __init__(self) -> None:
@@ -49,6 +52,7 @@ class Loop(LoopCore, SignalMixin, NetworkMixin, DatagramMixin, asyncio.AbstractE
             del self.__dict__["call_soon"]
         # After the loop's own close, as asyncio's Unix loop removes its handlers.
         self._close_signals()
+        self._close_children()
 
     def __repr__(self) -> str:
         return (
