@@ -7,6 +7,10 @@
   sleep0             100 tasks each doing 100 `await asyncio.sleep(0)` per round
                                                                         -> task switches/s
   gather             asyncio.gather() of 1,000 trivial coroutines per round    -> tasks/s
+  spawn              (process group) 50 `/bin/true` children started at once with
+                     asyncio.create_subprocess_exec, then all awaited        -> processes/s
+  communicate        (process group) 10 MiB written through `cat` with
+                     Process.communicate() and read back                       -> MiB/s
 
 Each benchmark repeats rounds for --warmup seconds (not measured), then for --duration
 seconds, and reports ops/s and the process's CPU time per op (getrusage RUSAGE_SELF,
@@ -117,6 +121,38 @@ def gather_round(loop) -> int:
     return GATHER_TASKS
 
 
+SPAWN_PER_ROUND = 50
+COMMUNICATE_MIB = 10
+
+
+async def _spawn_main() -> None:
+    procs = [await asyncio.create_subprocess_exec("/bin/true") for _ in range(SPAWN_PER_ROUND)]
+    codes = await asyncio.gather(*(p.wait() for p in procs))
+    if any(codes):
+        raise RuntimeError(f"/bin/true exited with {codes}")
+
+
+def spawn_round(loop) -> int:
+    loop.run_until_complete(_spawn_main())
+    return SPAWN_PER_ROUND
+
+
+_COMMUNICATE_DATA = b"\x5a" * (COMMUNICATE_MIB << 20)
+
+
+async def _communicate_main() -> None:
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec("cat", stdin=pipe, stdout=pipe)
+    out, _ = await proc.communicate(_COMMUNICATE_DATA)
+    if len(out) != len(_COMMUNICATE_DATA):
+        raise RuntimeError(f"cat gave back {len(out)} bytes")
+
+
+def communicate_round(loop) -> int:
+    loop.run_until_complete(_communicate_main())
+    return COMMUNICATE_MIB
+
+
 # name -> (round function, unit, title)
 BENCHMARKS = {
     "call_soon": (call_soon_round, "callbacks/s", "call_soon"),
@@ -126,9 +162,35 @@ BENCHMARKS = {
 }
 
 
+# Subprocess benchmarks, run the same way (a fresh process per run; the CPU time is
+# the loop process's own, not its children's): name -> (round function, unit, title)
+PROCESS_BENCHMARKS = {
+    "spawn": (spawn_round, "processes/s", f"spawn and wait /bin/true, {SPAWN_PER_ROUND} at once"),
+    "communicate": (
+        communicate_round,
+        "MiB/s",
+        f"communicate {COMMUNICATE_MIB} MiB through cat",
+    ),
+}
+
+# Every benchmark this module runs, by name: the group is the id's prefix.
+GROUPS = {"callbacks": BENCHMARKS, "process": PROCESS_BENCHMARKS}
+
+
+def _lookup(name: str):
+    for benches in GROUPS.values():
+        if name in benches:
+            return benches[name]
+    raise KeyError(name)
+
+
+def _group_of(name: str) -> str:
+    return next(group for group, benches in GROUPS.items() if name in benches)
+
+
 def measure(name: str, loop_name: str, duration: float, warmup: float) -> dict:
     """Run one benchmark in this process on a fresh loop; return its figures."""
-    round_fn = BENCHMARKS[name][0]
+    round_fn = _lookup(name)[0]
     loop = loop_factory(loop_name)()
     asyncio.set_event_loop(loop)
     try:
@@ -226,9 +288,10 @@ def main(argv=None) -> int:
         return 0
 
     loops = parse_loops(args.loops)
-    names = [name for name in BENCHMARKS if args.only in name]
+    known = [name for benches in GROUPS.values() for name in benches]
+    names = [name for name in known if args.only in name]
     if not names:
-        raise SystemExit(f"no benchmark matches {args.only!r} (known: {', '.join(BENCHMARKS)})")
+        raise SystemExit(f"no benchmark matches {args.only!r} (known: {', '.join(known)})")
     samples = {(n, lp): [] for n in names for lp in loops}
     failures: dict[tuple[str, str], str] = {}
     progress = Progress(len(names) * len(loops) * args.reps)
@@ -253,10 +316,10 @@ def main(argv=None) -> int:
             cells[loop_name] = (
                 summarize(got) if got else na_cell(failures.get((name, loop_name), "no result"))
             )
-        _, unit, title = BENCHMARKS[name]
+        _, unit, title = _lookup(name)
         benchmarks.append(
             {
-                "id": f"callbacks/{name}",
+                "id": f"{_group_of(name)}/{name}",
                 "title": title,
                 "unit": unit,
                 "latency": False,

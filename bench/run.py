@@ -9,6 +9,7 @@
 
 Benchmarks (bench/README.md says more):
   callbacks/*  in-process micro-benchmarks from bench/micro.py, a fresh process per run
+  process/*    subprocesses (spawn and wait, communicate through cat), run as callbacks/* are
   echo/*       bench/servers/echo_server.py (Protocol, BufferedProtocol, streams, sock_*
                styles; TCP and Unix; 1/10/100 KiB messages; 10/100 connections), driven by
                the loadgen binary in echo mode
@@ -92,6 +93,10 @@ SERVER_START_TIMEOUT = 60.0
 STEP_TIMEOUT = 30.0
 
 
+# The groups bench/micro.py runs in a process of their own (no server, no load generator).
+IN_PROCESS_GROUPS = ("callbacks", "process")
+
+
 @dataclass
 class Bench:
     id: str
@@ -109,6 +114,8 @@ def all_benchmarks() -> list[Bench]:
     benches = []
     for name, (_, unit, title) in micro.BENCHMARKS.items():
         benches.append(Bench(f"callbacks/{name}", "callbacks", title, unit, False, {"name": name}))
+    for name, (_, unit, title) in micro.PROCESS_BENCHMARKS.items():
+        benches.append(Bench(f"process/{name}", "process", title, unit, False, {"name": name}))
     for style in ECHO_STYLES:
         for transport in TRANSPORTS:
             for kib in ECHO_SIZES_KIB:
@@ -291,7 +298,7 @@ class Runner:
         self.client_threads = client_threads
 
     def run(self, bench: Bench, loop: str) -> dict:
-        if bench.group == "callbacks":
+        if bench.group in IN_PROCESS_GROUPS:
             return micro.run_child(
                 bench.params["name"], loop, self.duration, self.warmup, cpus=self.server_cpus
             )
@@ -659,7 +666,7 @@ def main(argv=None) -> int:
     if not benches:
         parser.error(f"no benchmark id contains {args.only!r} (see --list)")
 
-    if any(b.group != "callbacks" for b in benches):
+    if any(b.group not in IN_PROCESS_GROUPS for b in benches):
         loadgen = ensure_loadgen(os.path.abspath(args.loadgen))
     else:
         loadgen = args.loadgen
@@ -715,7 +722,7 @@ def main(argv=None) -> int:
             failures: dict[str, str] = {}
             dead: set[str] = set(unavailable)
             for rep in range(reps):
-                if args.concurrent and bench.group != "callbacks":
+                if args.concurrent and bench.group not in IN_PROCESS_GROUPS:
                     live = [name for name in loops if name not in dead]
                     progress.step(f"{bench.id} | {', '.join(live)} | rep {rep + 1}/{reps}", len(loops))
                     outcome = runner.run_concurrent(bench, live) if live else {}

@@ -81,7 +81,7 @@ def test_every_benchmark_row_ran(smoke):
     ids = [b["id"] for b in data["benchmarks"]]
     assert ids == _expected_ids()
     groups = {b["group"] for b in data["benchmarks"]}
-    assert groups == {"callbacks", "echo", "http", "churn", "pipe", "sendfile"}
+    assert groups == {"callbacks", "process", "echo", "http", "churn", "pipe", "sendfile"}
 
 
 def test_asyncio_and_uvloop_give_numbers_ferroloop_a_number_or_na(smoke):
@@ -171,6 +171,8 @@ def test_micro_runs_standalone(tmp_path):
         "callbacks/call_later_cancel",
         "callbacks/sleep0",
         "callbacks/gather",
+        "process/spawn",
+        "process/communicate",
     ]
     for bench in data["benchmarks"]:
         for loop in ("uvloop", "asyncio"):

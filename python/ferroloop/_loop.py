@@ -25,6 +25,7 @@ from ferroloop._net import NetworkMixin
 from ferroloop._pipes import PipeMixin
 from ferroloop._sendfile import SendfileMixin
 from ferroloop._signals import SignalMixin
+from ferroloop._subprocess import SubprocessMixin
 
 logger = logging.getLogger("asyncio")
 
@@ -36,6 +37,7 @@ class Loop(
     DatagramMixin,
     PipeMixin,
     SendfileMixin,
+    SubprocessMixin,
     asyncio.AbstractEventLoop,
 ):
     """An asyncio event loop whose core is written in Rust."""
@@ -60,6 +62,7 @@ class Loop(
             del self.__dict__["call_soon"]
         # After the loop's own close, as asyncio's Unix loop removes its handlers.
         self._close_signals()
+        self._close_children()
 
     def __repr__(self) -> str:
         return (

@@ -1087,13 +1087,14 @@ class NetworkMixin:
     @property
     def _unix_server_inodes(self) -> dict:
         """Listening Unix sockets whose file goes when they close: socket -> inode."""
-        inodes = self.__dict__.get("_unix_server_inode_map")
+        inodes = getattr(self, "_unix_server_inode_map", None)
         if inodes is None:
-            inodes = self.__dict__["_unix_server_inode_map"] = {}
+            # (An attribute, not self.__dict__: see Loop.__init__.)
+            inodes = self._unix_server_inode_map = {}
         return inodes
 
     def _stop_serving(self, sock) -> None:
-        inodes = self.__dict__.get("_unix_server_inode_map")
+        inodes = getattr(self, "_unix_server_inode_map", None)
         path = sock.getsockname() if inodes and sock in inodes else None
         self.remove_reader(sock.fileno())
         sock.close()

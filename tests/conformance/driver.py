@@ -77,6 +77,7 @@ MODULES = (
     "test_ssl",
     "test_sslproto",
     "test_sendfile",
+    "test_subprocess",
 )
 
 PACKAGE = "test.test_asyncio"
@@ -429,10 +430,6 @@ def _bind_test_events(module, loop_factory):
     """FerroloopEventLoopTests: test_events' loop mixins bound to the loop
     under test, like CPython's EPollEventLoopTests are bound to
     SelectorEventLoop(EpollSelector())."""
-    import asyncio
-    import signal as signal_module
-    import warnings
-
     from test.test_asyncio import utils as test_utils
 
     unix_mixin = module.UnixEventLoopTestsMixin
@@ -445,27 +442,9 @@ def _bind_test_events(module, loop_factory):
         def create_event_loop(self):
             return loop_factory()
 
-        def setUp(self):
-            # asyncio's own setUp (UnixEventLoopTestsMixin: a SafeChildWatcher,
-            # which installs a SIGCHLD handler with add_signal_handler). A loop
-            # without signal handlers (add_signal_handler raising
-            # NotImplementedError) gets asyncio's default ThreadedChildWatcher
-            # instead, so that only its signal and subprocess tests fail, not
-            # every test of the class in setUp.
-            try:
-                unix_mixin.setUp(self)
-                return
-            except NotImplementedError:
-                pass
-            try:
-                self.loop.remove_signal_handler(signal_module.SIGCHLD)
-            except NotImplementedError:
-                pass
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                watcher = asyncio.ThreadedChildWatcher()
-                watcher.attach_loop(self.loop)
-                asyncio.set_child_watcher(watcher)
+        # setUp is asyncio's own (UnixEventLoopTestsMixin's): before 3.13 it
+        # attaches a SafeChildWatcher, whose SIGCHLD handler the loop runs; the
+        # loop reaps its own children and never asks the watcher.
 
     return _register(module, FerroloopEventLoopTests, "FerroloopEventLoopTests")
 

@@ -31,24 +31,10 @@ EXPECTED_FAILURES = {
     # test_events
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv4': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
     'test_events.FerroloopEventLoopTests.test_create_server_multiple_hosts_ipv6': "patches asyncio.base_events.socket (the socket module of the stdlib loop's create_server) to fake binding to foreign addresses; ferroloop binds real sockets and gets EADDRNOTAVAIL",
-    'test_events.FerroloopEventLoopTests.test_subprocess_close_after_finish': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_close_client_stream': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_exec': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_exec_invalid_args': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_exitcode': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_interactive': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_kill': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_send_signal': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_shell': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_shell_invalid_args': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_stderr': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_stderr_redirect_to_stdout': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_terminate': 'not implemented yet: subprocesses',
-    'test_events.FerroloopEventLoopTests.test_subprocess_wait_no_same_group': 'not implemented yet: subprocesses',
     'test_events.FerroloopEventLoopTests.test_timeout_rounding': 'uses private attribute loop._run_once of the stdlib loop',
 
-    # test_streams
-    'test_streams.StreamTests.test_read_all_from_pipe_reader': 'not implemented yet: subprocesses',
+    # test_subprocess
+    'test_subprocess.GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher': "tests asyncio's child watchers: ferroloop reaps its own children (pidfds) and never asks the policy's child watcher, so an inactive one does not stop a spawn",
 }
 
 # Per CPython version: entries that apply to that version alone.
