@@ -14,6 +14,9 @@ Benchmarks (bench/README.md says more):
                the loadgen binary in echo mode
   http/*       uvicorn + httptools hello world (bench/servers/http_server.py), loadgen http mode
   churn/*      connect, one 100-byte echo, close (Protocol server), loadgen churn mode
+  udp/*        datagram echo (create_datagram_endpoint, DatagramProtocol) with 64 B and 1 KiB
+               datagrams, 10/100 client sockets each with one datagram in flight, loadgen udp
+               mode
 
 For each benchmark the loops run interleaved: for each repetition, every loop once (the
 starting loop rotates). The table shows medians over the repetitions: throughput, the server's
@@ -22,7 +25,7 @@ p50/p99 latency seen by the client, and ratios to uvloop. The results go to
 OUT/results.json and a chart to OUT/chart.png. A cell is "n/a" when the loop cannot be
 imported or cannot run that benchmark; the reason is listed under the table.
 
-With --concurrent, the served benchmarks (echo, http, churn) run the loops of a repetition at
+With --concurrent, the served benchmarks (all but callbacks) run the loops of a repetition at
 the same time instead of one after the other: every loop's server on the server CPU, every
 loop's load generator on the client CPUs, their measured windows aligned. A slow moment of the
 machine then hits all loops alike, and as the servers share one core fairly, the throughput
@@ -78,6 +81,7 @@ TRANSPORTS = ("tcp", "unix")
 ECHO_SIZES_KIB = (1, 10, 100)
 CONNECTIONS = (10, 100)
 CHURN_MESSAGE = 100  # bytes
+UDP_SIZES = ((64, "64B"), (1024, "1KiB"))
 
 # Longest waits for a child, on top of the run's own warmup/duration.
 SERVER_START_TIMEOUT = 60.0
@@ -139,6 +143,18 @@ def all_benchmarks() -> list[Bench]:
                 {"style": "protocol", "transport": "tcp", "size": CHURN_MESSAGE, "conns": conns},
             )
         )
+    for size, label in UDP_SIZES:
+        for conns in CONNECTIONS:
+            benches.append(
+                Bench(
+                    f"udp/datagram/{label}/c{conns}",
+                    "udp",
+                    f"udp echo datagram {label} x{conns}",
+                    "dgram/s",
+                    True,
+                    {"style": "datagram", "transport": "udp", "size": size, "conns": conns},
+                )
+            )
     return benches
 
 
@@ -293,9 +309,11 @@ class Runner:
             cmd += ["--style", p["style"]]
             if p["transport"] == "unix":
                 cmd += ["--unix", os.path.join(tmp, "echo.sock")]
+            elif p["transport"] == "udp":
+                cmd += ["--udp", "127.0.0.1:0"]
             else:
                 cmd += ["--tcp", "127.0.0.1:0"]
-            mode = "churn" if bench.group == "churn" else "echo"
+            mode = {"churn": "churn", "udp": "udp"}.get(bench.group, "echo")
         server = client = None
         try:
             with open(errlog_path, "w") as errlog:
@@ -317,7 +335,8 @@ class Runner:
                 raise
             except BenchError as exc:
                 raise BenchError(tail(errlog_path) or str(exc)) from None
-            target = ["--unix" if p.get("transport") == "unix" else "--tcp", ready["address"]]
+            flag = {"unix": "--unix", "udp": "--udp"}.get(p.get("transport"), "--tcp")
+            target = [flag, ready["address"]]
             if barrier is not None:
                 try:
                     barrier.wait(SERVER_START_TIMEOUT)

@@ -81,7 +81,7 @@ def test_every_benchmark_row_ran(smoke):
     ids = [b["id"] for b in data["benchmarks"]]
     assert ids == _expected_ids()
     groups = {b["group"] for b in data["benchmarks"]}
-    assert groups == {"callbacks", "echo", "http", "churn"}
+    assert groups == {"callbacks", "echo", "http", "churn", "udp"}
 
 
 def test_asyncio_and_uvloop_give_numbers_ferroloop_a_number_or_na(smoke):

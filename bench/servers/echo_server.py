@@ -5,9 +5,11 @@ Styles (--style):
   buffered  asyncio.BufferedProtocol; one 256 KiB buffer per connection, written back from it
   streams   asyncio.start_server / start_unix_server; read() then write() and drain()
   sock      loop.sock_accept, then a task per client doing loop.sock_recv / loop.sock_sendall
+  datagram  loop.create_datagram_endpoint with a DatagramProtocol whose datagram_received()
+            sends each datagram back to where it came from (--udp only)
 
-Listens on --tcp HOST:PORT (port 0 picks a free port) or --unix PATH. TCP_NODELAY is set on
-every accepted TCP socket. Once listening it prints one JSON line
+Listens on --tcp HOST:PORT (port 0 picks a free port) or --unix PATH, or for the datagram style
+receives on --udp HOST:PORT. TCP_NODELAY is set on every accepted TCP socket. Once listening it prints one JSON line
 {"event": "ready", "address": ...} on stdout; if the loop cannot run this style it prints
 {"event": "error", "error": ...} and exits 1. Afterwards stdin carries the harness's
 start/stop/exit commands (see bench/common.py, Control): the server reports its own CPU time
@@ -29,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import Control, loop_factory  # noqa: E402
 
 READ_SIZE = 256 * 1024
-STYLES = ("protocol", "buffered", "streams", "sock")
+UDP_RCVBUF = 1024 * 1024
+STYLES = ("protocol", "buffered", "streams", "sock", "datagram")
 
 
 def set_nodelay(sock) -> None:
@@ -77,6 +80,19 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport = None
 
 
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc):
+        pass  # an ICMP error for a client that went away: nothing to do
+
+
 async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     set_nodelay(writer.get_extra_info("socket"))
     try:
@@ -117,6 +133,17 @@ async def accept_loop(loop: asyncio.AbstractEventLoop, listener: socket.socket) 
 
 
 def make_listener(args) -> tuple[socket.socket, str]:
+    if args.udp:
+        host, _, port = args.udp.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # With 100 clients, 100 datagrams can wait at once; the kernel charges each about
+        # twice its size, which overflows the default receive buffer (about 208 KiB) at 1 KiB
+        # and drops datagrams. Ask for more (the kernel caps it at twice net.core.rmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        sock.bind((host, int(port)))
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        return sock, f"{bound[0]}:{bound[1]}"
     if args.unix:
         try:
             os.unlink(args.unix)
@@ -156,6 +183,9 @@ async def start(loop: asyncio.AbstractEventLoop, style: str, sock: socket.socket
         if unix:
             return await asyncio.start_unix_server(echo_stream, sock=sock, limit=READ_SIZE)
         return await asyncio.start_server(echo_stream, sock=sock, limit=READ_SIZE)
+    if style == "datagram":
+        transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, sock=sock)
+        return transport
     if style == "sock":
         task = loop.create_task(accept_loop(loop, sock))
         # Let the accept loop reach its first await, so a loop without sock_accept fails here.
@@ -174,8 +204,11 @@ def main(argv=None) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST:PORT")
     where.add_argument("--unix", metavar="PATH")
+    where.add_argument("--udp", metavar="HOST:PORT")
     parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args(argv)
+    if (args.style == "datagram") != bool(args.udp):
+        parser.error("--udp goes with --style datagram, and only with it")
 
     control = Control()
     try:

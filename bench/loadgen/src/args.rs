@@ -10,14 +10,20 @@ pub const USAGE: &str = "\
 usage: loadgen MODE TARGET [options]
 
 modes:
-  echo    each connection sends a message, waits for the whole echo, repeats
-  http    HTTP/1.1 keep-alive GET requests; responses need Content-Length
-  churn   connect, send one message, read its echo, close; repeat
+  echo       each connection sends a message, waits for the whole echo, repeats
+  http       HTTP/1.1 keep-alive GET requests; responses need Content-Length
+  churn      connect, send one message, read its echo, close; repeat
+  udp        each client socket sends a datagram, waits for its echo, repeats; a datagram
+             unanswered for 200 ms counts as an error and the client sends the next
+  tls-echo   echo over TLS (the same as echo --tls)
+  tls-churn  connect, TLS handshake, one message and its echo, close; repeat (churn --tls)
+  https      http over TLS (http --tls)
 
 target (one of):
   --tcp HOST:PORT        TCP address (TCP_NODELAY is set)
   --host HOST --port N   same, in two parts
   --unix PATH            Unix stream socket
+  --udp HOST:PORT        UDP address (udp mode)
 
 options:
   --conns N          concurrent connections (default 10)
@@ -28,11 +34,16 @@ options:
   --threads N        client threads, each with its own epoll and share of the connections
                      (default 1; more only helps when there are cores to spare beside the server)
   --hold             after the window, keep the connections open until stdin closes
+  --tls              speak TLS (rustls, TLS 1.2 or 1.3, the server's certificate not verified,
+                     no session resumption: every connection makes a full handshake)
 
 Prints `window-start` and `window-end` lines on stderr at the edges of the measured window and
 one JSON line on stdout:
   {\"ops\":N,\"seconds\":S,\"ops_per_sec\":X,\"p50_us\":..,\"p99_us\":..,\"errors\":E,...}
 ";
+
+/// The smallest datagram of udp mode: its first 8 bytes are a sequence number.
+pub const UDP_MIN_SIZE: usize = 8;
 
 /// What kind of load to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +51,7 @@ pub enum Mode {
     Echo,
     Http,
     Churn,
+    Udp,
 }
 
 impl Mode {
@@ -48,6 +60,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Http => "http",
             Mode::Churn => "churn",
+            Mode::Udp => "udp",
         }
     }
 }
@@ -67,6 +80,20 @@ pub struct Config {
     pub hold: bool,
     /// Threads, each with its own epoll instance and share of the connections.
     pub threads: usize,
+    /// Speak TLS over the stream connections.
+    pub tls: bool,
+}
+
+impl Config {
+    /// The mode's name as given on the command line (`tls-` modes for TLS).
+    pub fn mode_name(&self) -> &'static str {
+        match (self.mode, self.tls) {
+            (Mode::Echo, true) => "tls-echo",
+            (Mode::Churn, true) => "tls-churn",
+            (Mode::Http, true) => "https",
+            (mode, _) => mode.name(),
+        }
+    }
 }
 
 fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
@@ -84,22 +111,35 @@ fn count(flag: &str, value: &str) -> Result<usize, String> {
     }
 }
 
-fn resolve(hostport: &str) -> Result<Target, String> {
-    let addr = hostport
+fn resolve(hostport: &str) -> Result<std::net::SocketAddr, String> {
+    hostport
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
         .next()
-        .ok_or_else(|| format!("no address for {hostport}"))?;
-    Ok(Target::Tcp(addr))
+        .ok_or_else(|| format!("no address for {hostport}"))
 }
 
 /// Parses `args` (without the program name).
 pub fn parse(args: &[String]) -> Result<Config, String> {
     let mut it = args.iter();
+    let mut tls = false;
     let mode = match it.next().map(String::as_str) {
         Some("echo") => Mode::Echo,
         Some("http") => Mode::Http,
         Some("churn") => Mode::Churn,
+        Some("udp") => Mode::Udp,
+        Some("tls-echo") => {
+            tls = true;
+            Mode::Echo
+        }
+        Some("tls-churn") => {
+            tls = true;
+            Mode::Churn
+        }
+        Some("https") => {
+            tls = true;
+            Mode::Http
+        }
         Some(other) => return Err(format!("unknown mode {other}")),
         None => return Err("missing mode".into()),
     };
@@ -107,6 +147,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
     let mut host = None;
     let mut port = None;
     let mut unix = None;
+    let mut udp = None;
     let mut cfg = Config {
         mode,
         target: Target::Unix(PathBuf::new()),
@@ -118,10 +159,15 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         path: "/".into(),
         hold: false,
         threads: 1,
+        tls,
     };
     while let Some(flag) = it.next() {
         if flag == "--hold" {
             cfg.hold = true;
+            continue;
+        }
+        if flag == "--tls" {
+            cfg.tls = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -130,6 +176,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
             "--host" => host = Some(value.clone()),
             "--port" => port = Some(value.parse::<u16>().map_err(|_| format!("bad port {value}"))?),
             "--unix" => unix = Some(PathBuf::from(value)),
+            "--udp" => udp = Some(value.clone()),
             "--conns" | "--concurrency" => cfg.conns = count(flag, value)?,
             "--size" => cfg.size = count(flag, value)?,
             "--duration" => cfg.duration = seconds(flag, value)?,
@@ -140,25 +187,43 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         }
     }
     cfg.target = match (tcp, host, port, unix) {
-        (Some(hp), None, None, None) => {
+        (None, None, None, None) if udp.is_some() => {
+            let hp = udp.unwrap_or_default();
             cfg.host = hp.clone();
-            resolve(&hp)?
+            Target::Udp(resolve(&hp)?)
         }
-        (None, Some(h), Some(p), None) => {
+        (Some(hp), None, None, None) if udp.is_none() => {
+            cfg.host = hp.clone();
+            Target::Tcp(resolve(&hp)?)
+        }
+        (None, Some(h), Some(p), None) if udp.is_none() => {
             let hp = if h.contains(':') {
                 format!("[{h}]:{p}")
             } else {
                 format!("{h}:{p}")
             };
             cfg.host = hp.clone();
-            resolve(&hp)?
+            Target::Tcp(resolve(&hp)?)
         }
-        (None, None, None, Some(path)) => {
+        (None, None, None, Some(path)) if udp.is_none() => {
             cfg.host = "localhost".into();
             Target::Unix(path)
         }
-        _ => return Err("give exactly one target: --tcp HOST:PORT, --host HOST --port N, or --unix PATH".into()),
+        _ => {
+            return Err(
+                "give exactly one target: --tcp HOST:PORT, --host HOST --port N, --unix PATH or --udp HOST:PORT".into(),
+            )
+        }
     };
+    if (cfg.mode == Mode::Udp) != matches!(cfg.target, Target::Udp(_)) {
+        return Err("udp mode needs --udp HOST:PORT, and --udp needs udp mode".into());
+    }
+    if cfg.mode == Mode::Udp && !(UDP_MIN_SIZE..=65_507).contains(&cfg.size) {
+        return Err(format!("udp: --size must be from {UDP_MIN_SIZE} to 65507 bytes"));
+    }
+    if cfg.tls && cfg.mode == Mode::Udp {
+        return Err("--tls is for stream connections, not udp".into());
+    }
     cfg.threads = cfg.threads.min(cfg.conns);
     if cfg.mode == Mode::Http && !cfg.path.starts_with('/') {
         return Err("--path must start with /".into());
@@ -193,6 +258,25 @@ mod tests {
         assert_eq!(cfg.host, "127.0.0.1:80");
         let cfg = parse(&strings("churn --unix /tmp/x.sock")).unwrap();
         assert!(matches!(cfg.target, Target::Unix(_)));
+    }
+
+    #[test]
+    fn udp_and_tls_modes() {
+        let cfg = parse(&strings("udp --udp 127.0.0.1:9 --size 64")).unwrap();
+        assert!(matches!(cfg.target, Target::Udp(a) if a.port() == 9));
+        assert_eq!(cfg.mode_name(), "udp");
+        assert!(parse(&strings("udp --tcp 127.0.0.1:9")).is_err());
+        assert!(parse(&strings("echo --udp 127.0.0.1:9")).is_err());
+        assert!(parse(&strings("udp --udp 127.0.0.1:9 --size 4")).is_err());
+        assert!(parse(&strings("udp --udp 127.0.0.1:9 --tls")).is_err());
+        let cfg = parse(&strings("tls-churn --tcp 127.0.0.1:9")).unwrap();
+        assert_eq!((cfg.mode, cfg.tls, cfg.mode_name()), (Mode::Churn, true, "tls-churn"));
+        let cfg = parse(&strings("echo --tcp 127.0.0.1:9 --tls")).unwrap();
+        assert_eq!(cfg.mode_name(), "tls-echo");
+        assert_eq!(
+            parse(&strings("https --host 127.0.0.1 --port 9")).unwrap().mode_name(),
+            "https"
+        );
     }
 
     #[test]

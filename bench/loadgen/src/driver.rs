@@ -10,6 +10,11 @@
 //! Time is split into a warmup, whose operations are not counted, and the measured window.
 //! Only operations that complete inside the window count, and their latencies are the ones in
 //! the histogram. A slot whose connection fails counts one error and reconnects 10 ms later.
+//!
+//! In udp mode a slot is a connected datagram socket with one datagram in flight. The first 8
+//! bytes of each datagram are the slot's sequence number, so an echo that comes back after its
+//! slot gave up on it is recognised and dropped. A datagram unanswered for `UDP_LOST` counts as
+//! one error (a lost datagram), and the slot sends the next one.
 
 use std::io::{self, Write};
 use std::os::unix::io::RawFd;
@@ -23,6 +28,8 @@ use crate::net::{self, Connect, Epoll, Event};
 const RETRY: Duration = Duration::from_millis(10);
 /// Longest sleep in `epoll_wait`, so the clock is looked at often enough.
 const MAX_WAIT: Duration = Duration::from_millis(50);
+/// How long a udp slot waits for an echo before it counts the datagram as lost.
+const UDP_LOST: Duration = Duration::from_millis(200);
 
 /// What a run measured.
 pub struct Report {
@@ -60,6 +67,8 @@ struct Slot {
     retry_at: Instant,
     /// Response bytes not yet consumed (http).
     resp: Vec<u8>,
+    /// Sequence number of the datagram in flight (udp).
+    seq: u64,
 }
 
 /// Outcome of handling bytes that arrived on a slot.
@@ -81,6 +90,8 @@ struct Driver<'a> {
     errors: u64,
     measuring: bool,
     idle: usize,
+    /// When udp slots were last checked for lost datagrams.
+    lost_checked: Instant,
 }
 
 /// A byte buffer that starts on a page boundary. The kernel copies into and out of it on
@@ -151,7 +162,7 @@ fn build_request(cfg: &Config) -> Vec<u8> {
         )
         .into_bytes(),
         // A pattern that is unlikely to be echoed back correctly by accident.
-        Mode::Echo | Mode::Churn => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
+        Mode::Echo | Mode::Churn | Mode::Udp => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
     }
 }
 
@@ -225,6 +236,7 @@ impl<'a> Driver<'a> {
                 op_start: now,
                 retry_at: now,
                 resp: Vec::new(),
+                seq: 0,
             })
             .collect();
         Ok(Driver {
@@ -238,6 +250,7 @@ impl<'a> Driver<'a> {
             errors: 0,
             measuring: false,
             idle: conns,
+            lost_checked: now,
         })
     }
 
@@ -303,6 +316,7 @@ impl<'a> Driver<'a> {
         slot.sent = 0;
         slot.recvd = 0;
         slot.resp.clear();
+        slot.seq = slot.seq.wrapping_add(1);
         if self.cfg.mode != Mode::Churn {
             // In churn the latency covers the connect too; `op_start` was set in `open`.
             slot.op_start = now;
@@ -313,6 +327,11 @@ impl<'a> Driver<'a> {
     /// Writes as much of the pending request as the socket takes and adjusts the interest.
     fn flush(&mut self, i: usize, now: Instant) {
         let slot = &mut self.slots[i];
+        if self.cfg.mode == Mode::Udp {
+            // One datagram, sent whole or not at all; the request buffer carries the sequence
+            // number of whichever slot sends.
+            self.request[..8].copy_from_slice(&slot.seq.to_le_bytes());
+        }
         while slot.sent < self.request.len() {
             match net::write(slot.fd, &self.request[slot.sent..]) {
                 Ok(n) => slot.sent += n,
@@ -367,6 +386,18 @@ impl<'a> Driver<'a> {
                     return self.complete(i, now);
                 }
                 Flow::More
+            }
+            Mode::Udp => {
+                let slot = &self.slots[i];
+                let seq = u64::from_le_bytes(self.scratch[..8].try_into().unwrap_or_default());
+                if n >= 8 && seq < slot.seq {
+                    return Flow::More; // the late echo of a datagram already counted as lost
+                }
+                if n != self.request.len() || seq != slot.seq || self.scratch[8..n] != self.request[8..n] {
+                    self.fail(i, now);
+                    return Flow::Closed;
+                }
+                self.complete(i, now)
             }
             Mode::Http => {
                 let slot = &mut self.slots[i];
@@ -438,6 +469,18 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// Counts the udp datagrams unanswered for `UDP_LOST` as errors and sends the next ones.
+    fn check_lost(&mut self, now: Instant) {
+        self.lost_checked = now;
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot.state == State::Active && now.saturating_duration_since(slot.op_start) >= UDP_LOST {
+                self.errors += 1;
+                self.start_request(i, now);
+            }
+        }
+    }
+
     fn reopen_idle(&mut self, now: Instant) {
         for i in 0..self.slots.len() {
             if self.idle == 0 {
@@ -478,6 +521,9 @@ impl<'a> Driver<'a> {
             }
             if self.idle > 0 {
                 self.reopen_idle(now);
+            }
+            if self.cfg.mode == Mode::Udp && now.saturating_duration_since(self.lost_checked) >= UDP_LOST / 4 {
+                self.check_lost(now);
             }
         }
         Ok(Part {

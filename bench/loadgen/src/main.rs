@@ -25,7 +25,7 @@ fn to_json(cfg: &args::Config, r: &Report) -> String {
             "{{\"mode\":\"{}\",\"conns\":{},\"threads\":{},\"size\":{},\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{:.1},",
             "\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"errors\":{},\"cpu_s\":{:.4}}}"
         ),
-        cfg.mode.name(),
+        cfg.mode_name(),
         cfg.conns,
         cfg.threads,
         cfg.size,
