@@ -17,6 +17,10 @@ Benchmarks (bench/README.md says more):
   udp/*        datagram echo (create_datagram_endpoint, DatagramProtocol) with 64 B and 1 KiB
                datagrams, 10/100 client sockets each with one datagram in flight, loadgen udp
                mode
+  tls/*        TLS 1.3 (the harness makes an ECDSA P-256 certificate; loadgen speaks rustls):
+               Protocol echo server with ssl= at 1/100 KiB x 10/100 connections (tls-echo
+               mode), new connections per second with a full handshake, one 1 KiB message and
+               close (tls-churn), and uvicorn over HTTPS (https mode)
 
 For each benchmark the loops run interleaved: for each repetition, every loop once (the
 starting loop rotates). The table shows medians over the repetitions: throughput, the server's
@@ -82,6 +86,8 @@ ECHO_SIZES_KIB = (1, 10, 100)
 CONNECTIONS = (10, 100)
 CHURN_MESSAGE = 100  # bytes
 UDP_SIZES = ((64, "64B"), (1024, "1KiB"))
+TLS_ECHO_SIZES_KIB = (1, 100)
+TLS_CHURN_MESSAGE = 1024  # bytes
 
 # Longest waits for a child, on top of the run's own warmup/duration.
 SERVER_START_TIMEOUT = 60.0
@@ -155,6 +161,44 @@ def all_benchmarks() -> list[Bench]:
                     {"style": "datagram", "transport": "udp", "size": size, "conns": conns},
                 )
             )
+    tls = {"transport": "tcp", "tls": True}
+    for kib in TLS_ECHO_SIZES_KIB:
+        for conns in CONNECTIONS:
+            benches.append(
+                Bench(
+                    f"tls/protocol/{kib}KiB/c{conns}",
+                    "tls",
+                    f"tls echo protocol {kib}KiB x{conns}",
+                    "msg/s",
+                    True,
+                    {"style": "protocol", "mode": "tls-echo", "size": kib * 1024, "conns": conns}
+                    | tls,
+                )
+            )
+    for conns in CONNECTIONS:
+        benches.append(
+            Bench(
+                f"tls/churn/protocol/c{conns}",
+                "tls",
+                f"tls churn protocol x{conns}",
+                "conn/s",
+                True,
+                {"style": "protocol", "mode": "tls-churn", "size": TLS_CHURN_MESSAGE}
+                | {"conns": conns}
+                | tls,
+            )
+        )
+    for conns in CONNECTIONS:
+        benches.append(
+            Bench(
+                f"tls/https/uvicorn-httptools/c{conns}",
+                "tls",
+                f"https uvicorn+httptools x{conns}",
+                "req/s",
+                True,
+                {"server": "http", "mode": "https", "conns": conns} | tls,
+            )
+        )
     return benches
 
 
@@ -240,6 +284,30 @@ def pick_cpus(pin: bool, client_threads: int | None):
     return {cpus[0]}, set(client), client_threads or min(4, len(client))
 
 
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, and its key, written
+    to `directory` (with the openssl command, or trustme when there is no openssl)."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    openssl = shutil.which("openssl")
+    if openssl:
+        cmd = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        cmd += ["-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=localhost"]
+        cmd += ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"openssl req failed: {proc.stderr.strip()[-300:]}")
+        return cert, key
+    try:
+        import trustme
+    except ImportError:
+        raise BenchError("no openssl command and no trustme to make a certificate") from None
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    issued = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.ECDSA)
+    issued.private_key_pem.write_to_path(key)
+    issued.cert_chain_pems[0].write_to_path(cert)
+    return cert, key
+
+
 # --------------------------------------------------------------------------------------------
 # Running one benchmark for one loop.
 
@@ -260,6 +328,21 @@ class Runner:
         self.server_cpus = server_cpus
         self.client_cpus = client_cpus
         self.client_threads = client_threads
+        self._tls_lock = threading.Lock()
+        self._tls_dir: str | None = None
+        self._tls_files: tuple[str, str] | None = None
+
+    def tls_files(self) -> tuple[str, str]:
+        """(certificate, key) for the TLS servers, made once per run."""
+        with self._tls_lock:
+            if self._tls_files is None:
+                self._tls_dir = tempfile.mkdtemp(prefix="ferroloop-bench-tls-")
+                self._tls_files = make_certificate(self._tls_dir)
+            return self._tls_files
+
+    def cleanup(self) -> None:
+        if self._tls_dir:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
 
     def run(self, bench: Bench, loop: str) -> dict:
         if bench.group == "callbacks":
@@ -301,9 +384,9 @@ class Runner:
         p = bench.params
         tmp = tempfile.mkdtemp(prefix="ferroloop-bench-")
         errlog_path = os.path.join(tmp, "server.log")
-        if bench.group == "http":
+        if bench.group == "http" or p.get("server") == "http":
             cmd = [sys.executable, os.path.join(HERE, "servers", "http_server.py"), "--loop", loop]
-            mode = "http"
+            mode = p.get("mode", "http")
         else:
             cmd = [sys.executable, os.path.join(HERE, "servers", "echo_server.py"), "--loop", loop]
             cmd += ["--style", p["style"]]
@@ -313,7 +396,10 @@ class Runner:
                 cmd += ["--udp", "127.0.0.1:0"]
             else:
                 cmd += ["--tcp", "127.0.0.1:0"]
-            mode = {"churn": "churn", "udp": "udp"}.get(bench.group, "echo")
+            mode = p.get("mode") or {"churn": "churn", "udp": "udp"}.get(bench.group, "echo")
+        if p.get("tls"):
+            cert, key = self.tls_files()
+            cmd += ["--tls-cert", cert, "--tls-key", key]
         server = client = None
         try:
             with open(errlog_path, "w") as errlog:
@@ -345,7 +431,7 @@ class Runner:
             lg_cmd = [self.loadgen, mode, *target, "--conns", str(p["conns"]), "--hold"]
             lg_cmd += ["--threads", str(self.client_threads)]
             lg_cmd += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
-            if mode != "http":
+            if mode not in ("http", "https"):
                 lg_cmd += ["--size", str(p["size"])]
             client = subprocess.Popen(
                 lg_cmd,
@@ -398,6 +484,8 @@ class Runner:
             "window_start": window_start,  # wall clock: concurrent runs' windows coincide
             # Share of its cores the load generator used: near 1.0 makes it the bottleneck.
             "client_busy": busy_share(result),
+            # TLS rows: the version, cipher suite and key exchange the client negotiated.
+            "tls": result.get("tls"),
         }
 
     @staticmethod
@@ -725,6 +813,8 @@ def main(argv=None) -> int:
             write_results(results_path, meta, results)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        runner.cleanup()
     progress.finish()
 
     meta["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -736,6 +826,17 @@ def main(argv=None) -> int:
     if notes:
         print("\nn/a:")
         print("\n".join(notes))
+    negotiated = sorted(
+        {
+            rep["tls"]
+            for bench in results
+            for cell in bench["loops"].values()
+            for rep in cell.get("reps", [])
+            if rep.get("tls")
+        }
+    )
+    if negotiated:
+        print(f"\nTLS negotiated: {'; '.join(negotiated)}")
     busy = client_bound(results)
     if busy:
         print("\nthe load generator used over 90% of its CPU (figures may be client-bound) in:")

@@ -9,7 +9,9 @@ Styles (--style):
             sends each datagram back to where it came from (--udp only)
 
 Listens on --tcp HOST:PORT (port 0 picks a free port) or --unix PATH, or for the datagram style
-receives on --udp HOST:PORT. TCP_NODELAY is set on every accepted TCP socket. Once listening it prints one JSON line
+receives on --udp HOST:PORT. TCP_NODELAY is set on every accepted TCP socket. With --tls-cert
+and --tls-key the stream styles serve TLS (ssl= an SSLContext(PROTOCOL_TLS_SERVER) with that
+certificate and key, otherwise Python's defaults: TLS 1.2 and 1.3). Once listening it prints one JSON line
 {"event": "ready", "address": ...} on stdout; if the loop cannot run this style it prints
 {"event": "error", "error": ...} and exits 1. Afterwards stdin carries the harness's
 start/stop/exit commands (see bench/common.py, Control): the server reports its own CPU time
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -169,20 +172,30 @@ def make_listener(args) -> tuple[socket.socket, str]:
     return sock, address
 
 
-async def start(loop: asyncio.AbstractEventLoop, style: str, sock: socket.socket, unix: bool):
+async def start(
+    loop: asyncio.AbstractEventLoop,
+    style: str,
+    sock: socket.socket,
+    unix: bool,
+    ssl_context: ssl.SSLContext | None = None,
+):
     """Start serving; returns what must be kept alive. Raises if the loop cannot do it."""
+    if ssl_context is not None and style not in ("protocol", "buffered", "streams"):
+        raise ValueError(f"TLS is for the stream styles, not {style!r}")
     if style == "protocol":
         if unix:
-            return await loop.create_unix_server(EchoProtocol, sock=sock)
-        return await loop.create_server(EchoProtocol, sock=sock)
+            return await loop.create_unix_server(EchoProtocol, sock=sock, ssl=ssl_context)
+        return await loop.create_server(EchoProtocol, sock=sock, ssl=ssl_context)
     if style == "buffered":
         if unix:
-            return await loop.create_unix_server(EchoBufferedProtocol, sock=sock)
-        return await loop.create_server(EchoBufferedProtocol, sock=sock)
+            return await loop.create_unix_server(EchoBufferedProtocol, sock=sock, ssl=ssl_context)
+        return await loop.create_server(EchoBufferedProtocol, sock=sock, ssl=ssl_context)
     if style == "streams":
         if unix:
-            return await asyncio.start_unix_server(echo_stream, sock=sock, limit=READ_SIZE)
-        return await asyncio.start_server(echo_stream, sock=sock, limit=READ_SIZE)
+            return await asyncio.start_unix_server(
+                echo_stream, sock=sock, limit=READ_SIZE, ssl=ssl_context
+            )
+        return await asyncio.start_server(echo_stream, sock=sock, limit=READ_SIZE, ssl=ssl_context)
     if style == "datagram":
         transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, sock=sock)
         return transport
@@ -206,7 +219,11 @@ def main(argv=None) -> None:
     where.add_argument("--unix", metavar="PATH")
     where.add_argument("--udp", metavar="HOST:PORT")
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="and this private key")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     if (args.style == "datagram") != bool(args.udp):
         parser.error("--udp goes with --style datagram, and only with it")
 
@@ -214,8 +231,14 @@ def main(argv=None) -> None:
     try:
         loop = loop_factory(args.loop)()
         asyncio.set_event_loop(loop)
+        ssl_context = None
+        if args.tls_cert:
+            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
         sock, address = make_listener(args)
-        keep = loop.run_until_complete(start(loop, args.style, sock, bool(args.unix)))
+        keep = loop.run_until_complete(
+            start(loop, args.style, sock, bool(args.unix), ssl_context)
+        )
     except BaseException as exc:  # anything: the harness shows it as the reason for "n/a"
         control.fail(exc)
     control.ready(address=address, loop=args.loop, style=args.style, keep=type(keep).__name__)
