@@ -88,6 +88,8 @@ CHURN_MESSAGE = 100  # bytes
 UDP_SIZES = ((64, "64B"), (1024, "1KiB"))
 TLS_ECHO_SIZES_KIB = (1, 100)
 TLS_CHURN_MESSAGE = 1024  # bytes
+TLS_MIN_WARMUP = 0.5  # seconds: every connection's handshake, before the window
+TLS_MIN_DURATION = 0.5  # seconds: a handshake costs about 1 ms of server CPU
 
 # Longest waits for a child, on top of the run's own warmup/duration.
 SERVER_START_TIMEOUT = 60.0
@@ -102,6 +104,10 @@ class Bench:
     unit: str
     latency: bool
     params: dict = field(default_factory=dict)
+    # Shortest warmup and window this benchmark runs with, whatever --warmup and --duration
+    # say (a smoke run's 0.05 s warmup does not get 100 TLS handshakes done).
+    min_warmup: float = 0.0
+    min_duration: float = 0.0
 
 
 def all_benchmarks() -> list[Bench]:
@@ -173,6 +179,8 @@ def all_benchmarks() -> list[Bench]:
                     True,
                     {"style": "protocol", "mode": "tls-echo", "size": kib * 1024, "conns": conns}
                     | tls,
+                    TLS_MIN_WARMUP,
+                    TLS_MIN_DURATION,
                 )
             )
     for conns in CONNECTIONS:
@@ -186,6 +194,8 @@ def all_benchmarks() -> list[Bench]:
                 {"style": "protocol", "mode": "tls-churn", "size": TLS_CHURN_MESSAGE}
                 | {"conns": conns}
                 | tls,
+                TLS_MIN_WARMUP,
+                TLS_MIN_DURATION,
             )
         )
     for conns in CONNECTIONS:
@@ -197,6 +207,8 @@ def all_benchmarks() -> list[Bench]:
                 "req/s",
                 True,
                 {"server": "http", "mode": "https", "conns": conns} | tls,
+                TLS_MIN_WARMUP,
+                TLS_MIN_DURATION,
             )
         )
     return benches
@@ -430,7 +442,9 @@ class Runner:
                     raise BenchError("another loop of this concurrent run failed") from None
             lg_cmd = [self.loadgen, mode, *target, "--conns", str(p["conns"]), "--hold"]
             lg_cmd += ["--threads", str(self.client_threads)]
-            lg_cmd += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
+            warmup = max(self.warmup, bench.min_warmup)
+            duration = max(self.duration, bench.min_duration)
+            lg_cmd += ["--duration", str(duration), "--warmup", str(warmup)]
             if mode not in ("http", "https"):
                 lg_cmd += ["--size", str(p["size"])]
             client = subprocess.Popen(
@@ -445,11 +459,11 @@ class Runner:
             lg_out = LineReader(client.stdout, "loadgen")
             lg_err = LineReader(client.stderr, "loadgen")
             try:
-                lg_err.wait_for(lambda line: line == "window-start", self.warmup + STEP_TIMEOUT)
+                lg_err.wait_for(lambda line: line == "window-start", warmup + STEP_TIMEOUT)
                 window_start = time.time()
                 self._send(server, "start")
                 control.wait_json("started", STEP_TIMEOUT)
-                lg_err.wait_for(lambda line: line == "window-end", self.duration + STEP_TIMEOUT)
+                lg_err.wait_for(lambda line: line == "window-end", duration + STEP_TIMEOUT)
                 self._send(server, "stop")
                 usage = control.wait_json("stopped", STEP_TIMEOUT)
                 result = json.loads(
