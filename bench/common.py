@@ -293,8 +293,8 @@ def fmt_ratio(value) -> str:
 TABLE_COLUMNS = (
     ("ops/s", 13, "ops_per_sec", fmt_rate),
     ("CPU us/op", 10, "cpu_us_per_op", fmt_us),
-    ("p50 us", 9, "p50_us", fmt_us),
-    ("p99 us", 9, "p99_us", fmt_us),
+    ("p50 us", 10, "p50_us", fmt_us),
+    ("p99 us", 10, "p99_us", fmt_us),
     ("vs uvloop", 10, "ratio_to_uvloop", fmt_ratio),
     ("CPU vs uv", 10, "cpu_ratio_to_uvloop", fmt_ratio),
 )

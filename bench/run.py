@@ -20,6 +20,13 @@ Benchmarks (bench/README.md says more):
   sendfile/*   a 100 MiB file sent again and again over one loopback TCP connection, with
                loop.sendfile or with transport.write of its contents (bulk_server.py),
                loadgen sink mode, in MiB/s; uvloop has no loop.sendfile (n/a)
+  udp/*        datagram echo (create_datagram_endpoint, DatagramProtocol) with 64 B and 1 KiB
+               datagrams, 10/100 client sockets each with one datagram in flight, loadgen udp
+               mode
+  tls/*        TLS 1.3 (the harness makes an ECDSA P-256 certificate; loadgen speaks rustls):
+               Protocol echo server with ssl= at 1/100 KiB x 10/100 connections (tls-echo
+               mode), new connections per second with a full handshake, one 1 KiB message and
+               close (tls-churn), and uvicorn over HTTPS (https mode)
 
 For each benchmark the loops run interleaved: for each repetition, every loop once (the
 starting loop rotates). The table shows medians over the repetitions: throughput, the server's
@@ -28,7 +35,7 @@ p50/p99 latency seen by the client, and ratios to uvloop. The results go to
 OUT/results.json and a chart to OUT/chart.png. A cell is "n/a" when the loop cannot be
 imported or cannot run that benchmark; the reason is listed under the table.
 
-With --concurrent, the served benchmarks (echo, http, churn) run the loops of a repetition at
+With --concurrent, the served benchmarks (all but callbacks) run the loops of a repetition at
 the same time instead of one after the other: every loop's server on the server CPU, every
 loop's load generator on the client CPUs, their measured windows aligned. A slow moment of the
 machine then hits all loops alike, and as the servers share one core fairly, the throughput
@@ -87,6 +94,11 @@ CHURN_MESSAGE = 100  # bytes
 PIPE_CHUNK = 64 * 1024  # bytes written per write() in the pipe rows
 SENDFILE_SIZE = 100 * 1024 * 1024  # the file of the sendfile rows
 SINK_READ = 256 * 1024  # the load generator's reads in the bulk rows
+UDP_SIZES = ((64, "64B"), (1024, "1KiB"))
+TLS_ECHO_SIZES_KIB = (1, 100)
+TLS_CHURN_MESSAGE = 1024  # bytes
+TLS_MIN_WARMUP = 0.5  # seconds: every connection's handshake, before the window
+TLS_MIN_DURATION = 0.5  # seconds: a handshake costs about 1 ms of server CPU
 
 # Longest waits for a child, on top of the run's own warmup/duration.
 SERVER_START_TIMEOUT = 60.0
@@ -105,6 +117,10 @@ class Bench:
     unit: str
     latency: bool
     params: dict = field(default_factory=dict)
+    # Shortest warmup and window this benchmark runs with, whatever --warmup and --duration
+    # say (a smoke run's 0.05 s warmup does not get 100 TLS handshakes done).
+    min_warmup: float = 0.0
+    min_duration: float = 0.0
     # Loops that lack the feature this benchmark measures: n/a there is expected (the smoke
     # check accepts it), though they are still tried.
     optional: tuple = ()
@@ -189,6 +205,62 @@ def all_benchmarks() -> list[Bench]:
                     "client_size": SINK_READ,
                 },
                 optional=("uvloop",) if how == "sendfile" else (),
+            )
+        )
+    for size, label in UDP_SIZES:
+        for conns in CONNECTIONS:
+            benches.append(
+                Bench(
+                    f"udp/datagram/{label}/c{conns}",
+                    "udp",
+                    f"udp echo datagram {label} x{conns}",
+                    "dgram/s",
+                    True,
+                    {"style": "datagram", "transport": "udp", "size": size, "conns": conns},
+                )
+            )
+    tls = {"transport": "tcp", "tls": True}
+    for kib in TLS_ECHO_SIZES_KIB:
+        for conns in CONNECTIONS:
+            benches.append(
+                Bench(
+                    f"tls/protocol/{kib}KiB/c{conns}",
+                    "tls",
+                    f"tls echo protocol {kib}KiB x{conns}",
+                    "msg/s",
+                    True,
+                    {"style": "protocol", "mode": "tls-echo", "size": kib * 1024, "conns": conns}
+                    | tls,
+                    TLS_MIN_WARMUP,
+                    TLS_MIN_DURATION,
+                )
+            )
+    for conns in CONNECTIONS:
+        benches.append(
+            Bench(
+                f"tls/churn/protocol/c{conns}",
+                "tls",
+                f"tls churn protocol x{conns}",
+                "conn/s",
+                True,
+                {"style": "protocol", "mode": "tls-churn", "size": TLS_CHURN_MESSAGE}
+                | {"conns": conns}
+                | tls,
+                TLS_MIN_WARMUP,
+                TLS_MIN_DURATION,
+            )
+        )
+    for conns in CONNECTIONS:
+        benches.append(
+            Bench(
+                f"tls/https/uvicorn-httptools/c{conns}",
+                "tls",
+                f"https uvicorn+httptools x{conns}",
+                "req/s",
+                True,
+                {"server": "http", "mode": "https", "conns": conns} | tls,
+                TLS_MIN_WARMUP,
+                TLS_MIN_DURATION,
             )
         )
     return benches
@@ -276,6 +348,30 @@ def pick_cpus(pin: bool, client_threads: int | None):
     return {cpus[0]}, set(client), client_threads or min(4, len(client))
 
 
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, and its key, written
+    to `directory` (with the openssl command, or trustme when there is no openssl)."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    openssl = shutil.which("openssl")
+    if openssl:
+        cmd = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        cmd += ["-nodes", "-keyout", key, "-out", cert, "-days", "7", "-subj", "/CN=localhost"]
+        cmd += ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise BenchError(f"openssl req failed: {proc.stderr.strip()[-300:]}")
+        return cert, key
+    try:
+        import trustme
+    except ImportError:
+        raise BenchError("no openssl command and no trustme to make a certificate") from None
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    issued = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.ECDSA)
+    issued.private_key_pem.write_to_path(key)
+    issued.cert_chain_pems[0].write_to_path(cert)
+    return cert, key
+
+
 # --------------------------------------------------------------------------------------------
 # Running one benchmark for one loop.
 
@@ -296,6 +392,21 @@ class Runner:
         self.server_cpus = server_cpus
         self.client_cpus = client_cpus
         self.client_threads = client_threads
+        self._tls_lock = threading.Lock()
+        self._tls_dir: str | None = None
+        self._tls_files: tuple[str, str] | None = None
+
+    def tls_files(self) -> tuple[str, str]:
+        """(certificate, key) for the TLS servers, made once per run."""
+        with self._tls_lock:
+            if self._tls_files is None:
+                self._tls_dir = tempfile.mkdtemp(prefix="ferroloop-bench-tls-")
+                self._tls_files = make_certificate(self._tls_dir)
+            return self._tls_files
+
+    def cleanup(self) -> None:
+        if self._tls_dir:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
 
     def run(self, bench: Bench, loop: str) -> dict:
         if bench.group in IN_PROCESS_GROUPS:
@@ -337,9 +448,9 @@ class Runner:
         p = bench.params
         tmp = tempfile.mkdtemp(prefix="ferroloop-bench-")
         errlog_path = os.path.join(tmp, "server.log")
-        if bench.group == "http":
+        if bench.group == "http" or p.get("server") == "http":
             cmd = [sys.executable, os.path.join(HERE, "servers", "http_server.py"), "--loop", loop]
-            mode = "http"
+            mode = p.get("mode", "http")
         elif bench.group in ("pipe", "sendfile"):
             cmd = [sys.executable, os.path.join(HERE, "servers", "bulk_server.py"), "--loop", loop]
             cmd += ["--mode", p["mode"], "--size", str(p["size"])]
@@ -353,9 +464,14 @@ class Runner:
             cmd += ["--style", p["style"]]
             if p["transport"] == "unix":
                 cmd += ["--unix", os.path.join(tmp, "echo.sock")]
+            elif p["transport"] == "udp":
+                cmd += ["--udp", "127.0.0.1:0"]
             else:
                 cmd += ["--tcp", "127.0.0.1:0"]
-            mode = "churn" if bench.group == "churn" else "echo"
+            mode = p.get("mode") or {"churn": "churn", "udp": "udp"}.get(bench.group, "echo")
+        if p.get("tls"):
+            cert, key = self.tls_files()
+            cmd += ["--tls-cert", cert, "--tls-key", key]
         server = client = None
         try:
             with open(errlog_path, "w") as errlog:
@@ -380,7 +496,8 @@ class Runner:
             if bench.group == "pipe":
                 target = ["--fifo", ready["address"]]
             else:
-                target = ["--unix" if p.get("transport") == "unix" else "--tcp", ready["address"]]
+                flag = {"unix": "--unix", "udp": "--udp"}.get(p.get("transport"), "--tcp")
+                target = [flag, ready["address"]]
             if barrier is not None:
                 try:
                     barrier.wait(SERVER_START_TIMEOUT)
@@ -388,8 +505,10 @@ class Runner:
                     raise BenchError("another loop of this concurrent run failed") from None
             lg_cmd = [self.loadgen, mode, *target, "--conns", str(p.get("conns", 1)), "--hold"]
             lg_cmd += ["--threads", str(self.client_threads)]
-            lg_cmd += ["--duration", str(self.duration), "--warmup", str(self.warmup)]
-            if mode != "http":
+            warmup = max(self.warmup, bench.min_warmup)
+            duration = max(self.duration, bench.min_duration)
+            lg_cmd += ["--duration", str(duration), "--warmup", str(warmup)]
+            if mode not in ("http", "https"):
                 lg_cmd += ["--size", str(p.get("client_size", p["size"]))]
             client = subprocess.Popen(
                 lg_cmd,
@@ -403,11 +522,11 @@ class Runner:
             lg_out = LineReader(client.stdout, "loadgen")
             lg_err = LineReader(client.stderr, "loadgen")
             try:
-                lg_err.wait_for(lambda line: line == "window-start", self.warmup + STEP_TIMEOUT)
+                lg_err.wait_for(lambda line: line == "window-start", warmup + STEP_TIMEOUT)
                 window_start = time.time()
                 self._send(server, "start")
                 control.wait_json("started", STEP_TIMEOUT)
-                lg_err.wait_for(lambda line: line == "window-end", self.duration + STEP_TIMEOUT)
+                lg_err.wait_for(lambda line: line == "window-end", duration + STEP_TIMEOUT)
                 self._send(server, "stop")
                 usage = control.wait_json("stopped", STEP_TIMEOUT)
                 result = json.loads(
@@ -442,6 +561,8 @@ class Runner:
             "window_start": window_start,  # wall clock: concurrent runs' windows coincide
             # Share of its cores the load generator used: near 1.0 makes it the bottleneck.
             "client_busy": busy_share(result),
+            # TLS rows: the version, cipher suite and key exchange the client negotiated.
+            "tls": result.get("tls"),
         }
 
     @staticmethod
@@ -782,6 +903,8 @@ def main(argv=None) -> int:
             write_results(results_path, meta, results)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        runner.cleanup()
     progress.finish()
 
     meta["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -793,6 +916,17 @@ def main(argv=None) -> int:
     if notes:
         print("\nn/a:")
         print("\n".join(notes))
+    negotiated = sorted(
+        {
+            rep["tls"]
+            for bench in results
+            for cell in bench["loops"].values()
+            for rep in cell.get("reps", [])
+            if rep.get("tls")
+        }
+    )
+    if negotiated:
+        print(f"\nTLS negotiated: {'; '.join(negotiated)}")
     busy = client_bound(results)
     if busy:
         print("\nthe load generator used over 90% of its CPU (figures may be client-bound) in:")

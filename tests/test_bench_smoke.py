@@ -81,7 +81,19 @@ def test_every_benchmark_row_ran(smoke):
     ids = [b["id"] for b in data["benchmarks"]]
     assert ids == _expected_ids()
     groups = {b["group"] for b in data["benchmarks"]}
-    assert groups == {"callbacks", "process", "echo", "http", "churn", "pipe", "sendfile"}
+    assert groups == {"callbacks", "process", "echo", "http", "churn", "pipe", "sendfile", "udp", "tls"}
+
+
+def test_tls_rows_negotiate_tls_1_3(smoke):
+    """The TLS rows run TLS 1.3 by default: the load generator reports what it negotiated."""
+    _, _, data = smoke
+    assert data is not None, "no results.json"
+    tls_rows = [b for b in data["benchmarks"] if b["group"] == "tls"]
+    assert tls_rows
+    for bench in tls_rows:
+        for loop, cell in bench["loops"].items():
+            for rep in cell.get("reps", []):
+                assert rep["tls"].startswith("TLSv1_3 TLS13_"), (bench["id"], loop, rep["tls"])
 
 
 def test_asyncio_and_uvloop_give_numbers_ferroloop_a_number_or_na(smoke):

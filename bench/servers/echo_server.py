@@ -5,9 +5,13 @@ Styles (--style):
   buffered  asyncio.BufferedProtocol; one 256 KiB buffer per connection, written back from it
   streams   asyncio.start_server / start_unix_server; read() then write() and drain()
   sock      loop.sock_accept, then a task per client doing loop.sock_recv / loop.sock_sendall
+  datagram  loop.create_datagram_endpoint with a DatagramProtocol whose datagram_received()
+            sends each datagram back to where it came from (--udp only)
 
-Listens on --tcp HOST:PORT (port 0 picks a free port) or --unix PATH. TCP_NODELAY is set on
-every accepted TCP socket. Once listening it prints one JSON line
+Listens on --tcp HOST:PORT (port 0 picks a free port) or --unix PATH, or for the datagram style
+receives on --udp HOST:PORT. TCP_NODELAY is set on every accepted TCP socket. With --tls-cert
+and --tls-key the stream styles serve TLS (ssl= an SSLContext(PROTOCOL_TLS_SERVER) with that
+certificate and key, otherwise Python's defaults: TLS 1.2 and 1.3). Once listening it prints one JSON line
 {"event": "ready", "address": ...} on stdout; if the loop cannot run this style it prints
 {"event": "error", "error": ...} and exits 1. Afterwards stdin carries the harness's
 start/stop/exit commands (see bench/common.py, Control): the server reports its own CPU time
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import Control, loop_factory  # noqa: E402
 
 READ_SIZE = 256 * 1024
-STYLES = ("protocol", "buffered", "streams", "sock")
+UDP_RCVBUF = 1024 * 1024
+STYLES = ("protocol", "buffered", "streams", "sock", "datagram")
 
 
 def set_nodelay(sock) -> None:
@@ -77,6 +83,19 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport = None
 
 
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc):
+        pass  # an ICMP error for a client that went away: nothing to do
+
+
 async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     set_nodelay(writer.get_extra_info("socket"))
     try:
@@ -117,6 +136,17 @@ async def accept_loop(loop: asyncio.AbstractEventLoop, listener: socket.socket) 
 
 
 def make_listener(args) -> tuple[socket.socket, str]:
+    if args.udp:
+        host, _, port = args.udp.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # With 100 clients, 100 datagrams can wait at once; the kernel charges each about
+        # twice its size, which overflows the default receive buffer (about 208 KiB) at 1 KiB
+        # and drops datagrams. Ask for more (the kernel caps it at twice net.core.rmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        sock.bind((host, int(port)))
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        return sock, f"{bound[0]}:{bound[1]}"
     if args.unix:
         try:
             os.unlink(args.unix)
@@ -142,20 +172,33 @@ def make_listener(args) -> tuple[socket.socket, str]:
     return sock, address
 
 
-async def start(loop: asyncio.AbstractEventLoop, style: str, sock: socket.socket, unix: bool):
+async def start(
+    loop: asyncio.AbstractEventLoop,
+    style: str,
+    sock: socket.socket,
+    unix: bool,
+    ssl_context: ssl.SSLContext | None = None,
+):
     """Start serving; returns what must be kept alive. Raises if the loop cannot do it."""
+    if ssl_context is not None and style not in ("protocol", "buffered", "streams"):
+        raise ValueError(f"TLS is for the stream styles, not {style!r}")
     if style == "protocol":
         if unix:
-            return await loop.create_unix_server(EchoProtocol, sock=sock)
-        return await loop.create_server(EchoProtocol, sock=sock)
+            return await loop.create_unix_server(EchoProtocol, sock=sock, ssl=ssl_context)
+        return await loop.create_server(EchoProtocol, sock=sock, ssl=ssl_context)
     if style == "buffered":
         if unix:
-            return await loop.create_unix_server(EchoBufferedProtocol, sock=sock)
-        return await loop.create_server(EchoBufferedProtocol, sock=sock)
+            return await loop.create_unix_server(EchoBufferedProtocol, sock=sock, ssl=ssl_context)
+        return await loop.create_server(EchoBufferedProtocol, sock=sock, ssl=ssl_context)
     if style == "streams":
         if unix:
-            return await asyncio.start_unix_server(echo_stream, sock=sock, limit=READ_SIZE)
-        return await asyncio.start_server(echo_stream, sock=sock, limit=READ_SIZE)
+            return await asyncio.start_unix_server(
+                echo_stream, sock=sock, limit=READ_SIZE, ssl=ssl_context
+            )
+        return await asyncio.start_server(echo_stream, sock=sock, limit=READ_SIZE, ssl=ssl_context)
+    if style == "datagram":
+        transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, sock=sock)
+        return transport
     if style == "sock":
         task = loop.create_task(accept_loop(loop, sock))
         # Let the accept loop reach its first await, so a loop without sock_accept fails here.
@@ -174,15 +217,28 @@ def main(argv=None) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST:PORT")
     where.add_argument("--unix", metavar="PATH")
+    where.add_argument("--udp", metavar="HOST:PORT")
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="and this private key")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if (args.style == "datagram") != bool(args.udp):
+        parser.error("--udp goes with --style datagram, and only with it")
 
     control = Control()
     try:
         loop = loop_factory(args.loop)()
         asyncio.set_event_loop(loop)
+        ssl_context = None
+        if args.tls_cert:
+            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
         sock, address = make_listener(args)
-        keep = loop.run_until_complete(start(loop, args.style, sock, bool(args.unix)))
+        keep = loop.run_until_complete(
+            start(loop, args.style, sock, bool(args.unix), ssl_context)
+        )
     except BaseException as exc:  # anything: the harness shows it as the reason for "n/a"
         control.fail(exc)
     control.ready(address=address, loop=args.loop, style=args.style, keep=type(keep).__name__)

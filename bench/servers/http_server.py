@@ -10,6 +10,9 @@ lifespan off. The loop is chosen the way a uvicorn user chooses it:
              uvicorn imports a "module:attribute" value and calls it with no argument to make
              the loop (uvicorn.config.Config.get_loop_factory; asyncio.Runner(loop_factory=...)).
 
+With --tls-cert and --tls-key uvicorn serves HTTPS: its own ssl_certfile/ssl_keyfile settings,
+so the SSLContext is the one uvicorn makes (PROTOCOL_TLS_SERVER, TLS 1.2 and 1.3).
+
 The listening socket is bound here (port 0 picks a free port) and handed to uvicorn. Once
 uvicorn has started, one JSON line {"event": "ready", "address": "HOST:PORT"} goes to stdout;
 if it fails, {"event": "error", ...} and exit 1. Then stdin carries the harness's
@@ -54,7 +57,11 @@ def main(argv=None) -> None:
     parser.add_argument("--loop", required=True, choices=sorted(UVICORN_LOOP))
     parser.add_argument("--tcp", metavar="HOST:PORT", default="127.0.0.1:0")
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="and this private key")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
 
     control = Control()
     try:
@@ -78,6 +85,8 @@ def main(argv=None) -> None:
             access_log=False,
             log_level="warning",
             backlog=args.backlog,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
         )
         server = uvicorn.Server(config)
     except BaseException as exc:

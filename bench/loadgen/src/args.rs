@@ -10,17 +10,23 @@ pub const USAGE: &str = "\
 usage: loadgen MODE TARGET [options]
 
 modes:
-  echo    each connection sends a message, waits for the whole echo, repeats
-  http    HTTP/1.1 keep-alive GET requests; responses need Content-Length
-  churn   connect, send one message, read its echo, close; repeat
-  sink    one stream read as fast as it comes (reads of --size bytes); counts MiB
-  source  one stream written as fast as it is taken (writes of --size bytes); counts MiB
+  echo       each connection sends a message, waits for the whole echo, repeats
+  http       HTTP/1.1 keep-alive GET requests; responses need Content-Length
+  churn      connect, send one message, read its echo, close; repeat
+  udp        each client socket sends a datagram, waits for its echo, repeats; a datagram
+             unanswered for 200 ms counts as an error and the client sends the next
+  tls-echo   echo over TLS (the same as echo --tls)
+  tls-churn  connect, TLS handshake, one message and its echo, close; repeat (churn --tls)
+  https      http over TLS (http --tls)
+  sink       one stream read as fast as it comes (reads of --size bytes); counts MiB
+  source     one stream written as fast as it is taken (writes of --size bytes); counts MiB
 
 target (one of):
   --tcp HOST:PORT        TCP address (TCP_NODELAY is set)
   --host HOST --port N   same, in two parts
   --unix PATH            Unix stream socket
   --fifo PATH            a FIFO, opened for reading (sink) or writing (source); bulk modes only
+  --udp HOST:PORT        UDP address (udp mode)
 
 options:
   --conns N          concurrent connections (default 10)
@@ -32,12 +38,17 @@ options:
   --threads N        client threads, each with its own epoll and share of the connections
                      (default 1; more only helps when there are cores to spare beside the server)
   --hold             after the window, keep the connections open until stdin closes
+  --tls              speak TLS (rustls, TLS 1.2 or 1.3, the server's certificate not verified,
+                     no session resumption: every connection makes a full handshake)
 
 Prints `window-start` and `window-end` lines on stderr at the edges of the measured window and
 one JSON line on stdout:
   {\"ops\":N,\"seconds\":S,\"ops_per_sec\":X,\"p50_us\":..,\"p99_us\":..,\"errors\":E,...}
 In the bulk modes (sink, source) an operation is one MiB moved, and there is no latency.
 ";
+
+/// The smallest datagram of udp mode: its first 8 bytes are a sequence number.
+pub const UDP_MIN_SIZE: usize = 8;
 
 /// What kind of load to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +60,7 @@ pub enum Mode {
     Sink,
     /// Bulk: write one stream as fast as it is taken.
     Source,
+    Udp,
 }
 
 impl Mode {
@@ -59,6 +71,7 @@ impl Mode {
             Mode::Churn => "churn",
             Mode::Sink => "sink",
             Mode::Source => "source",
+            Mode::Udp => "udp",
         }
     }
 
@@ -85,6 +98,20 @@ pub struct Config {
     pub hold: bool,
     /// Threads, each with its own epoll instance and share of the connections.
     pub threads: usize,
+    /// Speak TLS over the stream connections.
+    pub tls: bool,
+}
+
+impl Config {
+    /// The mode's name as given on the command line (`tls-` modes for TLS).
+    pub fn mode_name(&self) -> &'static str {
+        match (self.mode, self.tls) {
+            (Mode::Echo, true) => "tls-echo",
+            (Mode::Churn, true) => "tls-churn",
+            (Mode::Http, true) => "https",
+            (mode, _) => mode.name(),
+        }
+    }
 }
 
 fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
@@ -102,24 +129,37 @@ fn count(flag: &str, value: &str) -> Result<usize, String> {
     }
 }
 
-fn resolve(hostport: &str) -> Result<Target, String> {
-    let addr = hostport
+fn resolve(hostport: &str) -> Result<std::net::SocketAddr, String> {
+    hostport
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
         .next()
-        .ok_or_else(|| format!("no address for {hostport}"))?;
-    Ok(Target::Tcp(addr))
+        .ok_or_else(|| format!("no address for {hostport}"))
 }
 
 /// Parses `args` (without the program name).
 pub fn parse(args: &[String]) -> Result<Config, String> {
     let mut it = args.iter();
+    let mut tls = false;
     let mode = match it.next().map(String::as_str) {
         Some("echo") => Mode::Echo,
         Some("http") => Mode::Http,
         Some("churn") => Mode::Churn,
         Some("sink") => Mode::Sink,
         Some("source") => Mode::Source,
+        Some("udp") => Mode::Udp,
+        Some("tls-echo") => {
+            tls = true;
+            Mode::Echo
+        }
+        Some("tls-churn") => {
+            tls = true;
+            Mode::Churn
+        }
+        Some("https") => {
+            tls = true;
+            Mode::Http
+        }
         Some(other) => return Err(format!("unknown mode {other}")),
         None => return Err("missing mode".into()),
     };
@@ -129,6 +169,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
     let mut unix = None;
     let mut fifo = None;
     let mut size = None;
+    let mut udp = None;
     let mut cfg = Config {
         mode,
         target: Target::Unix(PathBuf::new()),
@@ -141,10 +182,15 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         path: "/".into(),
         hold: false,
         threads: 1,
+        tls,
     };
     while let Some(flag) = it.next() {
         if flag == "--hold" {
             cfg.hold = true;
+            continue;
+        }
+        if flag == "--tls" {
+            cfg.tls = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -154,6 +200,7 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
             "--port" => port = Some(value.parse::<u16>().map_err(|_| format!("bad port {value}"))?),
             "--unix" => unix = Some(PathBuf::from(value)),
             "--fifo" => fifo = Some(PathBuf::from(value)),
+            "--udp" => udp = Some(value.clone()),
             "--conns" | "--concurrency" => cfg.conns = count(flag, value)?,
             "--size" => size = Some(count(flag, value)?),
             "--duration" => cfg.duration = seconds(flag, value)?,
@@ -179,25 +226,43 @@ pub fn parse(args: &[String]) -> Result<Config, String> {
         return Ok(cfg);
     }
     cfg.target = match (tcp, host, port, unix) {
-        (Some(hp), None, None, None) => {
+        (None, None, None, None) if udp.is_some() => {
+            let hp = udp.unwrap_or_default();
             cfg.host = hp.clone();
-            resolve(&hp)?
+            Target::Udp(resolve(&hp)?)
         }
-        (None, Some(h), Some(p), None) => {
+        (Some(hp), None, None, None) if udp.is_none() => {
+            cfg.host = hp.clone();
+            Target::Tcp(resolve(&hp)?)
+        }
+        (None, Some(h), Some(p), None) if udp.is_none() => {
             let hp = if h.contains(':') {
                 format!("[{h}]:{p}")
             } else {
                 format!("{h}:{p}")
             };
             cfg.host = hp.clone();
-            resolve(&hp)?
+            Target::Tcp(resolve(&hp)?)
         }
-        (None, None, None, Some(path)) => {
+        (None, None, None, Some(path)) if udp.is_none() => {
             cfg.host = "localhost".into();
             Target::Unix(path)
         }
-        _ => return Err("give exactly one target: --tcp HOST:PORT, --host HOST --port N, or --unix PATH".into()),
+        _ => {
+            return Err(
+                "give exactly one target: --tcp HOST:PORT, --host HOST --port N, --unix PATH or --udp HOST:PORT".into(),
+            )
+        }
     };
+    if (cfg.mode == Mode::Udp) != matches!(cfg.target, Target::Udp(_)) {
+        return Err("udp mode needs --udp HOST:PORT, and --udp needs udp mode".into());
+    }
+    if cfg.mode == Mode::Udp && !(UDP_MIN_SIZE..=65_507).contains(&cfg.size) {
+        return Err(format!("udp: --size must be from {UDP_MIN_SIZE} to 65507 bytes"));
+    }
+    if cfg.tls && cfg.mode == Mode::Udp {
+        return Err("--tls is for stream connections, not udp".into());
+    }
     if mode.is_bulk() {
         cfg.conns = 1;
     }
@@ -247,6 +312,25 @@ mod tests {
         assert!(cfg.fifo.is_none());
         assert!(parse(&strings("echo --fifo /tmp/f")).is_err());
         assert!(parse(&strings("sink --fifo /tmp/f --unix /x")).is_err());
+    }
+
+    #[test]
+    fn udp_and_tls_modes() {
+        let cfg = parse(&strings("udp --udp 127.0.0.1:9 --size 64")).unwrap();
+        assert!(matches!(cfg.target, Target::Udp(a) if a.port() == 9));
+        assert_eq!(cfg.mode_name(), "udp");
+        assert!(parse(&strings("udp --tcp 127.0.0.1:9")).is_err());
+        assert!(parse(&strings("echo --udp 127.0.0.1:9")).is_err());
+        assert!(parse(&strings("udp --udp 127.0.0.1:9 --size 4")).is_err());
+        assert!(parse(&strings("udp --udp 127.0.0.1:9 --tls")).is_err());
+        let cfg = parse(&strings("tls-churn --tcp 127.0.0.1:9")).unwrap();
+        assert_eq!((cfg.mode, cfg.tls, cfg.mode_name()), (Mode::Churn, true, "tls-churn"));
+        let cfg = parse(&strings("echo --tcp 127.0.0.1:9 --tls")).unwrap();
+        assert_eq!(cfg.mode_name(), "tls-echo");
+        assert_eq!(
+            parse(&strings("https --host 127.0.0.1 --port 9")).unwrap().mode_name(),
+            "https"
+        );
     }
 
     #[test]

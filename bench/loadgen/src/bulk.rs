@@ -171,6 +171,7 @@ pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Repor
         errors: 0,
         cpu_seconds,
         hist: Histogram::new(),
+        tls: None,
     };
     after_window(&report);
     net::close(fd);

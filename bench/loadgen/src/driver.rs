@@ -10,19 +10,34 @@
 //! Time is split into a warmup, whose operations are not counted, and the measured window.
 //! Only operations that complete inside the window count, and their latencies are the ones in
 //! the histogram. A slot whose connection fails counts one error and reconnects 10 ms later.
+//!
+//! In udp mode a slot is a connected datagram socket with one datagram in flight. The first 8
+//! bytes of each datagram are the slot's sequence number, so an echo that comes back after its
+//! slot gave up on it is recognised and dropped. A datagram unanswered for `UDP_LOST` counts as
+//! one error (a lost datagram), and the slot sends the next one.
+//!
+//! With `--tls` each stream connection carries a rustls client session: the request is handed
+//! to it as plaintext and the socket sees only the records it writes; what the socket delivers
+//! goes through the session, and the plaintext that comes out is checked as in the plain modes.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::io::RawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::args::{Config, Mode};
 use crate::hist::Histogram;
 use crate::net::{self, Connect, Epoll, Event};
+use crate::tls::{self, Fd};
 
 /// Delay before a failed slot connects again.
 const RETRY: Duration = Duration::from_millis(10);
 /// Longest sleep in `epoll_wait`, so the clock is looked at often enough.
 const MAX_WAIT: Duration = Duration::from_millis(50);
+/// How long a udp slot waits for an echo before it counts the datagram as lost.
+const UDP_LOST: Duration = Duration::from_millis(200);
 
 /// What a run measured.
 pub struct Report {
@@ -34,6 +49,8 @@ pub struct Report {
     /// CPU seconds the load generator itself used during the window.
     pub cpu_seconds: f64,
     pub hist: Histogram,
+    /// What the TLS sessions negotiated (tls modes): version, cipher suite, key exchange.
+    pub tls: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,6 +79,10 @@ struct Slot {
     retry_at: Instant,
     /// Response bytes not yet consumed (http).
     resp: Vec<u8>,
+    /// Sequence number of the datagram in flight (udp).
+    seq: u64,
+    /// The TLS session of this connection (tls modes).
+    tls: Option<Box<ClientConnection>>,
 }
 
 /// Outcome of handling bytes that arrived on a slot.
@@ -83,6 +104,11 @@ struct Driver<'a> {
     errors: u64,
     measuring: bool,
     idle: usize,
+    /// When udp slots were last checked for lost datagrams.
+    lost_checked: Instant,
+    tls_config: Option<Arc<ClientConfig>>,
+    /// What the first completed TLS session negotiated.
+    negotiated: Option<String>,
 }
 
 /// A byte buffer that starts on a page boundary. The kernel copies into and out of it on
@@ -153,7 +179,7 @@ fn build_request(cfg: &Config) -> Vec<u8> {
         )
         .into_bytes(),
         // A pattern that is unlikely to be echoed back correctly by accident.
-        Mode::Echo | Mode::Churn => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
+        Mode::Echo | Mode::Churn | Mode::Udp => (0..cfg.size).map(|i| (i % 251) as u8).collect(),
         Mode::Sink | Mode::Source => unreachable!("the bulk modes run in bulk.rs"),
     }
 }
@@ -215,7 +241,7 @@ fn same_bytes(got: &[u8], want: &[u8]) -> bool {
 }
 
 impl<'a> Driver<'a> {
-    fn new(cfg: &'a Config, conns: usize) -> io::Result<Self> {
+    fn new(cfg: &'a Config, conns: usize, tls_config: Option<Arc<ClientConfig>>) -> io::Result<Self> {
         let now = Instant::now();
         let slots = (0..conns)
             .map(|_| Slot {
@@ -228,6 +254,8 @@ impl<'a> Driver<'a> {
                 op_start: now,
                 retry_at: now,
                 resp: Vec::new(),
+                seq: 0,
+                tls: None,
             })
             .collect();
         Ok(Driver {
@@ -241,6 +269,9 @@ impl<'a> Driver<'a> {
             errors: 0,
             measuring: false,
             idle: conns,
+            lost_checked: now,
+            tls_config,
+            negotiated: None,
         })
     }
 
@@ -270,6 +301,17 @@ impl<'a> Driver<'a> {
             // entry holding a local port.
             let _ = net::set_linger_zero(fd);
         }
+        if let Some(config) = &self.tls_config {
+            match tls::connection(config) {
+                Ok(conn) => slot.tls = Some(Box::new(conn)),
+                Err(_) => {
+                    net::close(fd);
+                    self.errors += 1;
+                    slot.retry_at = now + RETRY;
+                    return;
+                }
+            }
+        }
         slot.fd = fd;
         slot.writing = !done;
         slot.state = if done { State::Active } else { State::Connecting };
@@ -286,6 +328,7 @@ impl<'a> Driver<'a> {
     /// Closes slot `i` and schedules a reconnect.
     fn close(&mut self, i: usize, now: Instant, delay: Duration) {
         let slot = &mut self.slots[i];
+        slot.tls = None;
         if slot.fd >= 0 {
             net::close(slot.fd);
             slot.fd = -1;
@@ -306,6 +349,7 @@ impl<'a> Driver<'a> {
         slot.sent = 0;
         slot.recvd = 0;
         slot.resp.clear();
+        slot.seq = slot.seq.wrapping_add(1);
         if self.cfg.mode != Mode::Churn {
             // In churn the latency covers the connect too; `op_start` was set in `open`.
             slot.op_start = now;
@@ -315,7 +359,15 @@ impl<'a> Driver<'a> {
 
     /// Writes as much of the pending request as the socket takes and adjusts the interest.
     fn flush(&mut self, i: usize, now: Instant) {
+        if self.slots[i].tls.is_some() {
+            return self.flush_tls(i, now);
+        }
         let slot = &mut self.slots[i];
+        if self.cfg.mode == Mode::Udp {
+            // One datagram, sent whole or not at all; the request buffer carries the sequence
+            // number of whichever slot sends.
+            self.request[..8].copy_from_slice(&slot.seq.to_le_bytes());
+        }
         while slot.sent < self.request.len() {
             match net::write(slot.fd, &self.request[slot.sent..]) {
                 Ok(n) => slot.sent += n,
@@ -333,6 +385,74 @@ impl<'a> Driver<'a> {
         }
     }
 
+    /// `flush` for a TLS connection: hands the rest of the request to the session as
+    /// plaintext (it keeps it until the handshake is done), then writes the session's records.
+    fn flush_tls(&mut self, i: usize, now: Instant) {
+        let slot = &mut self.slots[i];
+        let Some(conn) = slot.tls.as_mut() else { return };
+        let mut ok = true;
+        if slot.sent < self.request.len() {
+            ok = conn.writer().write_all(&self.request[slot.sent..]).is_ok();
+            slot.sent = self.request.len();
+        }
+        while ok && conn.wants_write() {
+            match conn.write_tls(&mut Fd(slot.fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => ok = false,
+            }
+        }
+        if !ok {
+            return self.fail(i, now);
+        }
+        let want = conn.wants_write();
+        if want != slot.writing {
+            slot.writing = want;
+            if self.epoll.modify(slot.fd, token(i, slot.gen), want).is_err() {
+                self.fail(i, now);
+            }
+        }
+    }
+
+    /// Reads what the socket has through slot `i`'s TLS session and handles the plaintext.
+    fn read_tls(&mut self, i: usize, now: Instant) {
+        loop {
+            let slot = &mut self.slots[i];
+            let Some(conn) = slot.tls.as_mut() else { return };
+            match conn.read_tls(&mut Fd(slot.fd)) {
+                Ok(0) => return self.fail(i, now),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.fail(i, now),
+            }
+            if conn.process_new_packets().is_err() {
+                return self.fail(i, now);
+            }
+            loop {
+                let Some(conn) = self.slots[i].tls.as_mut() else { return };
+                match conn.reader().read(&mut self.scratch) {
+                    Ok(0) => return self.fail(i, now), // close_notify in the middle of a message
+                    Ok(n) => {
+                        if let Flow::Closed = self.received(i, n, now) {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return self.fail(i, now),
+                }
+            }
+            // Handshake records to answer with, if any.
+            if self.slots[i].tls.as_ref().is_some_and(|c| c.wants_write()) {
+                self.flush_tls(i, now);
+                if self.slots[i].fd < 0 {
+                    return;
+                }
+            }
+        }
+    }
+
     /// One operation of slot `i` finished.
     fn complete(&mut self, i: usize, now: Instant) -> Flow {
         if self.measuring {
@@ -340,7 +460,18 @@ impl<'a> Driver<'a> {
             self.hist.record(elapsed.as_nanos() as u64);
             self.ops += 1;
         }
+        if let Some(conn) = self.slots[i].tls.as_mut() {
+            if self.negotiated.is_none() {
+                self.negotiated = tls::describe(conn);
+            }
+        }
         if self.cfg.mode == Mode::Churn {
+            let slot = &mut self.slots[i];
+            if let Some(conn) = slot.tls.as_mut() {
+                // End the session properly before the reset, as a client that is done would.
+                conn.send_close_notify();
+                let _ = conn.write_tls(&mut Fd(slot.fd));
+            }
             self.close(i, now, Duration::ZERO);
             self.open(i, now);
             Flow::Closed
@@ -372,6 +503,18 @@ impl<'a> Driver<'a> {
                 Flow::More
             }
             Mode::Sink | Mode::Source => unreachable!("the bulk modes run in bulk.rs"),
+            Mode::Udp => {
+                let slot = &self.slots[i];
+                let seq = u64::from_le_bytes(self.scratch[..8].try_into().unwrap_or_default());
+                if n >= 8 && seq < slot.seq {
+                    return Flow::More; // the late echo of a datagram already counted as lost
+                }
+                if n != self.request.len() || seq != slot.seq || self.scratch[8..n] != self.request[8..n] {
+                    self.fail(i, now);
+                    return Flow::Closed;
+                }
+                self.complete(i, now)
+            }
             Mode::Http => {
                 let slot = &mut self.slots[i];
                 slot.resp.extend_from_slice(&self.scratch[..n]);
@@ -413,6 +556,18 @@ impl<'a> Driver<'a> {
             self.slots[i].state = State::Active;
             return self.start_request(i, now);
         }
+        if self.slots[i].tls.is_some() {
+            if ev.writable && self.slots[i].writing {
+                self.flush_tls(i, now);
+                if self.slots[i].fd < 0 {
+                    return;
+                }
+            }
+            if ev.readable || ev.error {
+                self.read_tls(i, now);
+            }
+            return;
+        }
         if ev.writable && self.slots[i].sent < self.request.len() {
             self.flush(i, now);
             if self.slots[i].fd < 0 {
@@ -438,6 +593,18 @@ impl<'a> Driver<'a> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => return self.fail(i, now),
                 }
+            }
+        }
+    }
+
+    /// Counts the udp datagrams unanswered for `UDP_LOST` as errors and sends the next ones.
+    fn check_lost(&mut self, now: Instant) {
+        self.lost_checked = now;
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot.state == State::Active && now.saturating_duration_since(slot.op_start) >= UDP_LOST {
+                self.errors += 1;
+                self.start_request(i, now);
             }
         }
     }
@@ -483,6 +650,9 @@ impl<'a> Driver<'a> {
             if self.idle > 0 {
                 self.reopen_idle(now);
             }
+            if self.cfg.mode == Mode::Udp && now.saturating_duration_since(self.lost_checked) >= UDP_LOST / 4 {
+                self.check_lost(now);
+            }
         }
         Ok(Part {
             ops: self.ops,
@@ -491,6 +661,7 @@ impl<'a> Driver<'a> {
             window_start,
             window_end: now,
             slots: self.slots,
+            tls: self.negotiated,
         })
     }
 }
@@ -504,6 +675,7 @@ struct Part {
     window_start: Instant,
     window_end: Instant,
     slots: Vec<Slot>,
+    tls: Option<String>,
 }
 
 /// Splits `conns` connections over `threads` threads as evenly as possible.
@@ -519,9 +691,14 @@ fn shares(conns: usize, threads: usize) -> Vec<usize> {
 /// of the measured window. With `cfg.hold`, `after_window` is called before the sockets are
 /// closed.
 pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Report> {
+    let tls_config = if cfg.tls {
+        Some(tls::client_config().map_err(io::Error::other)?)
+    } else {
+        None
+    };
     let drivers = shares(cfg.conns, cfg.threads)
         .into_iter()
-        .map(|n| Driver::new(cfg, n))
+        .map(|n| Driver::new(cfg, n, tls_config.clone()))
         .collect::<io::Result<Vec<_>>>()?;
     let window_start_at = Instant::now() + cfg.warmup;
     let window_end_at = window_start_at + cfg.duration;
@@ -564,6 +741,7 @@ pub fn run(cfg: &Config, after_window: impl FnOnce(&Report)) -> io::Result<Repor
         errors,
         cpu_seconds,
         hist,
+        tls: parts.iter().find_map(|p| p.tls.clone()),
     };
     after_window(&report);
     for slot in parts.iter().flat_map(|p| &p.slots) {

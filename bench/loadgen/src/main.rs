@@ -13,6 +13,7 @@ mod bulk;
 mod driver;
 mod hist;
 mod net;
+mod tls;
 
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
@@ -23,12 +24,12 @@ use driver::Report;
 fn to_json(cfg: &args::Config, r: &Report) -> String {
     let us = |ns: u64| ns as f64 / 1000.0;
     let rate = if r.seconds > 0.0 { r.ops / r.seconds } else { 0.0 };
-    format!(
+    let line = format!(
         concat!(
             "{{\"mode\":\"{}\",\"conns\":{},\"threads\":{},\"size\":{},\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{:.1},",
             "\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"errors\":{},\"cpu_s\":{:.4}}}"
         ),
-        cfg.mode.name(),
+        cfg.mode_name(),
         cfg.conns,
         cfg.threads,
         cfg.size,
@@ -41,7 +42,12 @@ fn to_json(cfg: &args::Config, r: &Report) -> String {
         us(r.hist.max()),
         r.errors,
         r.cpu_seconds,
-    )
+    );
+    match &r.tls {
+        // Appended before the closing brace: what the TLS sessions negotiated.
+        Some(tls) => format!("{},\"tls\":\"{tls}\"}}", &line[..line.len() - 1]),
+        None => line,
+    }
 }
 
 fn main() -> ExitCode {
@@ -106,6 +112,7 @@ mod tests {
                 errors: 1,
                 cpu_seconds: 0.5,
                 hist,
+                tls: None,
             },
         );
         for key in [

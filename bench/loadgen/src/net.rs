@@ -1,7 +1,8 @@
 //! Thin wrappers over the libc socket and epoll calls the load generator needs.
 //!
-//! Every socket is non-blocking and close-on-exec. TCP sockets get `TCP_NODELAY`. Writes use
-//! `MSG_NOSIGNAL` so that a peer that went away gives `EPIPE` rather than a signal.
+//! Every socket is non-blocking and close-on-exec. TCP sockets get `TCP_NODELAY`; UDP sockets
+//! are connected, so they send to and receive from the server alone. Writes use `MSG_NOSIGNAL`
+//! so that a peer that went away gives `EPIPE` rather than a signal.
 
 use std::ffi::OsStr;
 use std::io;
@@ -16,6 +17,8 @@ use std::path::PathBuf;
 pub enum Target {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// A UDP server: each slot gets its own connected datagram socket.
+    Udp(SocketAddr),
 }
 
 /// Result of starting a non-blocking connect.
@@ -65,7 +68,7 @@ fn sockaddr(target: &Target) -> io::Result<(libc::sockaddr_storage, libc::sockle
     // SAFETY: `sockaddr_storage` is plain old data for which all-zero bytes are a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let len = match target {
-        Target::Tcp(SocketAddr::V4(a)) => {
+        Target::Tcp(SocketAddr::V4(a)) | Target::Udp(SocketAddr::V4(a)) => {
             // SAFETY: `sockaddr_storage` is larger than and aligned at least like `sockaddr_in`.
             let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
@@ -75,7 +78,7 @@ fn sockaddr(target: &Target) -> io::Result<(libc::sockaddr_storage, libc::sockle
             };
             mem::size_of::<libc::sockaddr_in>()
         }
-        Target::Tcp(SocketAddr::V6(a)) => {
+        Target::Tcp(SocketAddr::V6(a)) | Target::Udp(SocketAddr::V6(a)) => {
             // SAFETY: `sockaddr_storage` is larger than and aligned at least like `sockaddr_in6`.
             let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -108,8 +111,13 @@ fn sockaddr(target: &Target) -> io::Result<(libc::sockaddr_storage, libc::sockle
 pub fn connect(target: &Target) -> io::Result<Connect> {
     let (addr, len) = sockaddr(target)?;
     let family = addr.ss_family as libc::c_int;
+    let kind = if matches!(target, Target::Udp(_)) {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
     // SAFETY: plain system call with constant arguments; the result is checked.
-    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = check(unsafe { libc::socket(family, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
     if matches!(target, Target::Tcp(_)) {
         if let Err(e) = set_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1) {
             close(fd);
