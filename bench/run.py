@@ -94,6 +94,8 @@ CHURN_MESSAGE = 100  # bytes
 PIPE_CHUNK = 64 * 1024  # bytes written per write() in the pipe rows
 SENDFILE_SIZE = 100 * 1024 * 1024  # the file of the sendfile rows
 SINK_READ = 256 * 1024  # the load generator's reads in the bulk rows
+BULK_MIN_WARMUP = 0.5  # seconds: a smoke run's window still moves whole MiBs
+BULK_MIN_DURATION = 0.5
 UDP_SIZES = ((64, "64B"), (1024, "1KiB"))
 TLS_ECHO_SIZES_KIB = (1, 100)
 TLS_CHURN_MESSAGE = 1024  # bytes
@@ -188,6 +190,8 @@ def all_benchmarks() -> list[Bench]:
                     "client": "source" if way == "read" else "sink",
                     "client_size": PIPE_CHUNK if way == "read" else SINK_READ,
                 },
+                min_warmup=BULK_MIN_WARMUP,
+                min_duration=BULK_MIN_DURATION,
             )
         )
     for how, title in (("sendfile", "loop.sendfile"), ("write", "transport.write")):
@@ -204,6 +208,9 @@ def all_benchmarks() -> list[Bench]:
                     "client": "sink",
                     "client_size": SINK_READ,
                 },
+                # The server makes and reads a 100 MiB file before the first byte goes out.
+                min_warmup=BULK_MIN_WARMUP,
+                min_duration=BULK_MIN_DURATION,
                 optional=("uvloop",) if how == "sendfile" else (),
             )
         )
