@@ -28,7 +28,7 @@ import sys
 from asyncio import base_events, constants, exceptions, protocols
 
 from ferroloop._net import _check_ssl_socket
-from ferroloop._transports import SocketTransport
+from ferroloop._transports import SocketTransport, SSLProtocolTransport
 
 __all__ = ["SendfileMixin"]
 
@@ -38,7 +38,7 @@ _TRANSPORT_FALLBACK_BLOCK = 16384
 
 
 class _SendfileFallbackProtocol(protocols.Protocol):
-    """asyncio's ``_SendfileFallbackProtocol`` for ferroloop's stream transport: it
+    """asyncio's ``_SendfileFallbackProtocol`` for ferroloop's stream and TLS transports: it
     stands in for the transport's protocol while the fallback writes, pausing the
     writer when the transport's buffer is above its high-water mark."""
 
@@ -47,7 +47,8 @@ class _SendfileFallbackProtocol(protocols.Protocol):
         self._transport = transp
         self._proto = transp.get_protocol()
         self._should_resume_reading = transp.is_reading()
-        self._should_resume_writing = transp._core._protocol_paused
+        core = getattr(transp, "_core", None)  # a stream transport's; a TLS one says itself
+        self._should_resume_writing = (core if core is not None else transp)._protocol_paused
         transp.pause_reading()
         transp.set_protocol(self)
         if self._should_resume_writing:
@@ -169,7 +170,7 @@ class SendfileMixin:
         blocksize = min(count, _TRANSPORT_FALLBACK_BLOCK) if count else _TRANSPORT_FALLBACK_BLOCK
         buf = bytearray(blocksize)
         total_sent = 0
-        if isinstance(transp, SocketTransport):
+        if isinstance(transp, (SocketTransport, SSLProtocolTransport)):
             proto = _SendfileFallbackProtocol(self, transp)
         else:
             # Someone else's transport: asyncio's own (it wants a _FlowControlMixin).

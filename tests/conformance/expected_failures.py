@@ -42,13 +42,9 @@ ONLY_ON = {
     '3.12': {
         # test_ssl
         'test_ssl.TestSSL.test_create_connection_memory_leak': "the TLS protocol's connection_lost comes one loop iteration later than with asyncio here (3.12's wait_for returns an iteration sooner than 3.11's), so the client SSLContext is still referenced from the closing connection when the test checks for it right after run_until_complete returns; it is freed on the next iteration",
-        # test_streams
-        'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (the read pipe transport test_read_all_from_pipe_reader leaves open when its subprocess cannot start, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
     },
     '3.13': {
         # test_ssl
         'test_ssl.TestSSL.test_create_connection_memory_leak': "the TLS protocol's connection_lost comes one loop iteration later than with asyncio here (3.12's wait_for returns an iteration sooner than 3.11's), so the client SSLContext is still referenced from the closing connection when the test checks for it right after run_until_complete returns; it is freed on the next iteration",
-        # test_streams
-        'test_streams.StreamTests.test_unclosed_resource_warnings': "garbage left by this module's tests of not-implemented APIs (the read pipe transport test_read_all_from_pipe_reader leaves open when its subprocess cannot start, the plain connection test_start_tls cannot upgrade) is collected inside this test's assertWarns, which 3.12+ counts (expects exactly one warning)",
     },
 }
