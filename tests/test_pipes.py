@@ -331,7 +331,8 @@ def test_read_pipe_repr(loop, oracle_loop):
         return [x.replace(f"fd={fd}", "fd=N") for x in reprs]
 
     got, expected = both(loop, oracle_loop, scenario)
-    assert got == expected == ["fd=N polling", "fd=N idle", "closing fd=N idle", "closed fd=N closed"]
+    assert got == expected
+    assert got == ["fd=N polling", "fd=N idle", "closing fd=N idle", "closed fd=N closed"]
 
 
 def test_read_pipe_on_a_socket(loop):

@@ -359,7 +359,8 @@ def test_fallback_false_when_zero_copy_cannot_serve(loop, oracle_loop, data_file
         return out
 
     got, expected = both(loop, oracle_loop, scenario)
-    assert got == expected == ["not a regular file", "sendfile syscall is not supported", 0, True, b""]
+    assert got == expected
+    assert got == ["not a regular file", "sendfile syscall is not supported", 0, True, b""]
 
 
 def test_fallback_for_what_has_no_file_descriptor(loop, oracle_loop):
@@ -454,7 +455,8 @@ def test_a_fallback_only_transport_with_fallback_disabled(loop, oracle_loop):
         return str(info.value).split(" <")[0]
 
     got, expected = both(loop, oracle_loop, scenario)
-    assert got == expected == "fallback is disabled and native sendfile is not supported for transport"
+    assert got == expected
+    assert got == "fallback is disabled and native sendfile is not supported for transport"
 
 
 # ---------------------------------------------------------------- loop.sock_sendfile

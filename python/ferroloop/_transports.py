@@ -304,7 +304,14 @@ _READ_PIPE_CORE_METHODS = frozenset(("is_closing", "pause_reading", "resume_read
 class ReadPipeTransport(asyncio.ReadTransport):
     """A read transport over a pipe, FIFO, socket or character device (a pty...)."""
 
-    __slots__ = ("_core", "is_closing", "pause_reading", "resume_reading", "is_reading", "__weakref__")
+    __slots__ = (
+        "_core",
+        "is_closing",
+        "pause_reading",
+        "resume_reading",
+        "is_reading",
+        "__weakref__",
+    )
 
     def __init__(self, *args, **kwargs):
         raise TypeError(

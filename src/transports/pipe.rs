@@ -4,9 +4,12 @@
 //! among them), and, later, a subprocess's stdio.
 //!
 //! Reading: one `read(2)` per readiness event, of up to asyncio's `max_size` (256 KiB),
-//! into the loop's shared buffer and copied out into one `bytes` (or, for a pipe whose
-//! reads are large, straight into a `bytes` sized by `FIONREAD`), handed to the
-//! protocol's cached `data_received`. End of file schedules `eof_received`, then
+//! into the loop's shared buffer and copied out into one `bytes`, handed to the
+//! protocol's cached `data_received`. (Reading straight into a `bytes` sized by
+//! `FIONREAD`, as the stream transport does for large reads, was measured here too: a
+//! pipe holds 64 KiB, so each event moves at most that, and the reader that skips the
+//! copy only finds the pipe empty more often and sleeps more, each wakeup costing more
+//! than the copy saved; one system call per event is also one fewer.) End of file schedules `eof_received`, then
 //! `connection_lost(None)`. A read error ends the transport with `connection_lost(exc)`;
 //! EIO, what a pty master reads once its slave side is closed, is not reported to the
 //! exception handler (asyncio's `_fatal_error` logs it in debug mode only).
@@ -48,9 +51,6 @@ use crate::transports::stream::{io_to_pyerr, is_bytes_like, is_fatal, would_bloc
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const DEFAULT_HIGH: usize = 64 * 1024;
-/// After a read of at least this size, the next read goes straight into a new bytes
-/// object sized by `FIONREAD` instead of through the shared buffer.
-const BULK_READ: usize = 64 * 1024;
 
 fn read_raw(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
     raw_syscall!(libc::SYS_read, fd, buf, len)
@@ -70,50 +70,6 @@ fn read_shared<'py>(py: Python<'py>, fd: RawFd, loop_: &Py<LoopCore>) -> std::io
     let len = buf.len().min(MAX_READ);
     let n = read_raw(fd, buf.as_mut_ptr(), len)?;
     Ok((n > 0).then(|| PyBytes::new(py, &buf.as_slice()[..n])))
-}
-
-/// Reads straight into a new bytes object sized by `FIONREAD` (no copy), for a pipe whose
-/// reads are large; through the shared buffer when the fd cannot say (a character device
-/// without `FIONREAD`) or has nothing queued (end of file, or an error to report).
-fn read_bytes<'py>(py: Python<'py>, fd: RawFd, loop_: &Py<LoopCore>) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
-    let mut avail: libc::c_int = 0;
-    if syscall!(ioctl(fd, libc::FIONREAD, &mut avail)).is_err() || avail <= 0 {
-        return read_shared(py, fd, loop_);
-    }
-    let size = (avail as usize).min(MAX_READ);
-    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes
-    // object of n bytes (or NULL on memory error) that nothing else has seen, so writing
-    // into it and resizing it in place are allowed. Every path releases or hands over
-    // the reference exactly once. The GIL is held.
-    unsafe {
-        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as ffi::Py_ssize_t);
-        if obj.is_null() {
-            PyErr::take(py);
-            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
-        }
-        let n = match read_raw(fd, ffi::PyBytes_AsString(obj) as *mut u8, size) {
-            Ok(n) => n,
-            Err(e) => {
-                ffi::Py_DECREF(obj);
-                return Err(e);
-            }
-        };
-        if n == 0 {
-            ffi::Py_DECREF(obj);
-            return Ok(None);
-        }
-        if n < size && _PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) < 0 {
-            // The failed resize already released the object.
-            PyErr::take(py);
-            return Err(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
-        }
-        Ok(Some(Bound::from_owned_ptr(py, obj).cast_into_unchecked()))
-    }
-}
-
-extern "C" {
-    /// CPython's in-place resize of a fresh bytes object (not exported by pyo3-ffi).
-    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
 }
 
 /// The kinds of file asyncio's pipe transports take, from `fstat`: `(is_fifo,
@@ -250,8 +206,6 @@ struct ReadState {
     reading: bool,
     /// `connection_lost` has been called (or its call is under way).
     lost: bool,
-    /// Size of the last read, to pick the read strategy.
-    last_read: usize,
 }
 
 /// asyncio's `_UnixReadPipeTransport`.
@@ -382,26 +336,16 @@ impl ReadPipeTransport {
     fn read_once(slf: &Bound<'_, Self>, loop_: &Py<LoopCore>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let bulk = this.state.borrow(py).last_read >= BULK_READ;
-        let got = if bulk {
-            read_bytes(py, this.fd, loop_)
-        } else {
-            read_shared(py, this.fd, loop_)
-        };
+        let got = read_shared(py, this.fd, loop_);
         let data = match got {
             Ok(d) => d,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on pipe transport"),
         };
         let Some(data) = data else {
-            this.state.borrow_mut(py).last_read = 0;
             return Self::on_eof(slf, loop_.bind(py));
         };
-        let callback = {
-            let mut st = this.state.borrow_mut(py);
-            st.last_read = data.as_bytes().len();
-            st.data_received.as_ref().map(|c| c.clone_ref(py))
-        };
+        let callback = this.state.borrow(py).data_received.as_ref().map(|c| c.clone_ref(py));
         let result = match callback {
             Some(cb) => cb.bind(py).call1((data,)).map(drop),
             None => match this.protocol(py) {
@@ -1320,7 +1264,6 @@ pub(crate) fn read_pipe_transport<'py>(
             paused: false,
             reading: false,
             lost: false,
-            last_read: 0,
         }),
     };
     t.install_protocol(protocol);
