@@ -382,7 +382,13 @@ impl Acceptor {
         for e in out_of_resources {
             let reported = loop_.call_method1(
                 intern!(py, "_accept_failed"),
-                (e.into_value(py), &refs.protocol_factory, sock, &refs.server, self.backlog),
+                (
+                    e.into_value(py),
+                    &refs.protocol_factory,
+                    sock,
+                    &refs.server,
+                    self.backlog,
+                ),
             );
             if let Err(e) = reported {
                 for (conn, _) in batch {

@@ -311,7 +311,7 @@ fn recv(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
 /// cache-line aligned: the bytes up to the first 64-byte boundary go in a first iovec,
 /// the rest in a second (the kernel's copy to user memory is much slower into an
 /// unaligned destination; see `reactor::read_buf`).
-fn recv_cache_aligned(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
+pub(crate) fn recv_cache_aligned(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
     const LINE: usize = 64;
     let head = buf.align_offset(LINE);
     if head == 0 || head >= len {
