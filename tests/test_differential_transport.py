@@ -172,19 +172,36 @@ async def run_scenario(loop, kind, ops):
             peer_got.extend(chunk)
         await settle()
 
+    closed_with_data = False  # close() with data queued: it is sent before the loss
+
+    def accepting():
+        # Whether a write now goes out (asyncio drops it once the connection is lost,
+        # or after close() unless the buffer is still draining).
+        if eof_written or aborted or proto.lost:
+            return False
+        return not closing or transport.get_write_buffer_size() > 0
+
     for i, o in enumerate(ops):
         name = o[0]
+        if closed_with_data and proto.lost and name in ("write", "writelines", "abort"):
+            # asyncio's transport, once a close() has drained its buffer and the
+            # connection is lost, fails with AttributeError in write() and abort() (its
+            # loop is None): not a behaviour to compare.
+            trace.append(("skip", i))
+            continue
         try:
             if name == "write":
                 data = pattern(o[1], seed=i)
+                will_send = accepting()
                 transport.write(data)
-                if not closing and not eof_written:
+                if will_send:
                     expected_by_peer += o[1]
                     written.extend(data)
             elif name == "writelines":
                 lines = [pattern(n, seed=i + k) for k, n in enumerate(o[1])]
+                will_send = accepting()
                 transport.writelines(lines)
-                if not closing and not eof_written:
+                if will_send:
                     expected_by_peer += sum(o[1])
                     written.extend(b"".join(lines))
             elif name == "pause_reading":
@@ -199,6 +216,8 @@ async def run_scenario(loop, kind, ops):
                 transport.write_eof()
                 eof_written = True
             elif name == "close":
+                if not closing and transport.get_write_buffer_size():
+                    closed_with_data = True
                 transport.close()
                 closing = True
             elif name == "abort":
