@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transport_helpers import fds, pattern
+from versions import PY312
 
 EXAMPLES = max(5, int(os.environ.get("FERROLOOP_DIFF_EXAMPLES", "40")) // 4)
 
@@ -187,6 +188,11 @@ async def run_scenario(loop, kind, ops):
             # asyncio's transport, once a close() has drained its buffer and the
             # connection is lost, fails with AttributeError in write() and abort() (its
             # loop is None): not a behaviour to compare.
+            trace.append(("skip", i))
+            continue
+        if PY312 and proto.lost and name == "writelines":
+            # asyncio 3.12+'s writelines() once the connection is lost raises TypeError
+            # from inside the transport (its _write_ready is cleared): not compared.
             trace.append(("skip", i))
             continue
         try:
