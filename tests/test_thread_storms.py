@@ -389,8 +389,8 @@ SIGINT_CHILD = textwrap.dedent(
         server, addr = loop.run_until_complete(serve())
         delay = rng.uniform(0.005, 0.15)
         killer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-        killer.start()
         try:
+            killer.start()  # (the signal may come before start() returns)
             loop.run_until_complete(busy(loop, addr))
         except KeyboardInterrupt:
             interrupted += 1
