@@ -135,10 +135,9 @@ async def run_scenario(loop, kind, ops):
         while loop.time() < end:
             waiting = False
             if reading and not done_reading():
-                if len(proto.data) < sent_by_peer:
-                    waiting = True
-                elif (peer_sent_eof or peer_gone) and not proto.lost:
-                    waiting = True
+                # Data still on its way, or the peer's EOF or reset not yet seen.
+                behind = len(proto.data) < sent_by_peer
+                waiting = behind or ((peer_sent_eof or peer_gone) and not proto.lost)
             if closing and not proto.lost and transport.get_write_buffer_size() == 0:
                 waiting = True
             if not waiting:
@@ -153,10 +152,10 @@ async def run_scenario(loop, kind, ops):
         # Read all the transport has accepted to send (or to its end).
         end = loop.time() + SETTLE_TIMEOUT
         while peer_end is None and loop.time() < end:
-            if len(peer_got) >= expected_by_peer and not (aborted or proto.lost):
-                # Everything arrived; an EOF that follows it is read too.
-                if not (eof_written or closing) or transport.get_write_buffer_size():
-                    break
+            # Everything arrived (an EOF that follows it is read too).
+            arrived = len(peer_got) >= expected_by_peer and not (aborted or proto.lost)
+            if arrived and (not (eof_written or closing) or transport.get_write_buffer_size()):
+                break
             try:
                 chunk = peer.recv(BIG)
             except BlockingIOError:
@@ -254,7 +253,7 @@ async def run_scenario(loop, kind, ops):
                     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 peer.close()
                 peer_gone = True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - traced, and compared
             trace.append(("raised", i, exc_summary(exc)))
         if proto.lost:
             closing = True
@@ -295,8 +294,9 @@ def run_both(kind, ops, ferroloop_module):
         loop = make()
         try:
             before = fds()
-            results.append(loop.run_until_complete(asyncio.wait_for(
-                run_scenario(loop, kind, ops), 120)))
+            results.append(
+                loop.run_until_complete(asyncio.wait_for(run_scenario(loop, kind, ops), 120))
+            )
             assert fds() == before, f"an fd was left behind on {loop!r}"
         finally:
             loop.close()

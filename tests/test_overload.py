@@ -30,9 +30,8 @@ def raise_fd_limit(needed: int) -> None:
     (the test's teardown does not lower it again: a higher soft limit harms no one)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
-        target = hard if hard == resource.RLIM_INFINITY else hard
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError) as exc:
             pytest.skip(f"RLIMIT_NOFILE soft limit {soft} < {needed} and cannot be raised: {exc}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -164,7 +163,7 @@ def test_clients_that_never_read_are_paused_and_others_still_served(loop):
     before = fds()
     n_clients = 20
     total = 4 * 1024 * 1024
-    low, high = DEFAULT_LIMITS
+    high = DEFAULT_LIMITS[1]
 
     async def main():
         floods = Factory(loop, lambda lp: Flood(lp, total))
@@ -348,7 +347,8 @@ EMFILE_SCRIPT = textwrap.dedent(
 _asyncio_results = {}
 
 
-@pytest.mark.parametrize("backlog", [1, 100])
+# (backlog=1, one accept() per batch, is test_accept.py's in-process test.)
+@pytest.mark.parametrize("backlog", [100])
 def test_running_out_of_fds_while_serving(impl, hang_guard, backlog):
     """In a child whose RLIMIT_NOFILE is lowered to the fds it has: accept() fails
     with EMFILE, the default exception handler logs it as asyncio's does (one ERROR
@@ -362,6 +362,7 @@ def test_running_out_of_fds_while_serving(impl, hang_guard, backlog):
             capture_output=True,
             text=True,
             timeout=90,
+            check=False,
         )
         assert out.returncode == 0, out.stderr
         import json

@@ -199,6 +199,7 @@ def test_the_peer_half_closes(loop, oracle_loop, kind, keep_open):
     got, expected = both(loop, oracle_loop, _peer_half_closes, kind, keep_open)
     trace, state, peer_got, handled = expected
     assert trace["events"] == ["made", "data", "eof", "lost"]
+    assert handled == []
     assert state == {"closing": not keep_open, "lost": not keep_open}
     assert peer_got == b"reply to request" + (b" and more" if keep_open else b"")
     assert got == expected
@@ -213,7 +214,7 @@ async def _transport_half_closes(loop, kind, how):
     errors = []
     try:
         t.write(b"too late")
-    except Exception as exc:  # asyncio raises for a write after write_eof()
+    except Exception as exc:  # noqa: BLE001 - asyncio raises for a write after write_eof()
         errors.append(exc_summary(exc))
     got = await peer_read_to_eof(loop, peer)
     # The other half is still open: the peer answers, then goes.
@@ -234,6 +235,7 @@ async def _transport_half_closes(loop, kind, how):
 def test_the_transport_half_closes(loop, oracle_loop, kind, how):
     got, expected = both(loop, oracle_loop, _transport_half_closes, kind, how)
     trace, can_write_eof, errors, peer_got, handled = expected
+    assert can_write_eof and handled == []
     assert peer_got == b"request"
     assert trace["data"] == b"response"
     assert errors == [("RuntimeError", None, "Cannot call write() after write_eof()")]
@@ -271,8 +273,9 @@ async def _server_peer_vanishes(loop, server_ctx, client_ctx, how):
     before = fds()
     handled = handler_trace(loop)
     made = []
-    server = await loop.create_server(lambda: made.append(Traced(loop)) or made[-1],
-                                      "127.0.0.1", 0, ssl=server_ctx)
+    server = await loop.create_server(
+        lambda: made.append(Traced(loop)) or made[-1], "127.0.0.1", 0, ssl=server_ctx
+    )
     base = fds()
     client = socket.socket()
     client.setblocking(False)
@@ -289,7 +292,9 @@ async def _server_peer_vanishes(loop, server_ctx, client_ctx, how):
     await settle(10)
     # The server goes on: a proper client is served.
     t, p = await loop.create_connection(
-        lambda: Traced(loop), *server.sockets[0].getsockname(), ssl=client_ctx,
+        lambda: Traced(loop),
+        *server.sockets[0].getsockname(),
+        ssl=client_ctx,
         server_hostname="localhost",
     )
     await made[1].made
@@ -305,9 +310,7 @@ async def _server_peer_vanishes(loop, server_ctx, client_ctx, how):
 
 
 @pytest.mark.parametrize("how", SERVER_VANISHES)
-def test_a_client_vanishes_during_the_tls_handshake(
-    loop, oracle_loop, server_ctx, client_ctx, how
-):
+def test_a_client_vanishes_during_the_tls_handshake(loop, oracle_loop, server_ctx, client_ctx, how):
     got, expected = both(loop, oracle_loop, _server_peer_vanishes, server_ctx, client_ctx, how)
     # The server's protocol was made but never connected; the next client's was.
     assert expected[0][0] == {"events": [], "data": b"", "lost": "not lost"}
@@ -401,8 +404,12 @@ async def _killed_mid_output(loop, stdin_backlog):
     before = fds()
     handled = handler_trace(loop)
     transport, proto = await loop.subprocess_exec(
-        lambda: ProcTrace(loop), sys.executable, "-c", CHATTY,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        lambda: ProcTrace(loop),
+        sys.executable,
+        "-c",
+        CHATTY,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdin = transport.get_pipe_transport(0)

@@ -326,6 +326,8 @@ def test_keyboard_interrupt_from_a_callback_leaves_the_loop_reusable(loop, oracl
     expected = _interrupt_in_a_step(oracle_loop, source)
     outcome, state, trace, result = expected
     assert outcome[0][0] == "interrupted"
+    # What was scheduled after the interrupting callback ran, in the next run at the latest.
+    assert "before" in trace and "after" in trace and "later" in trace
     assert state == (False, False, True)
     assert result == "fine"
     assert got == expected
@@ -432,11 +434,12 @@ def test_sigint_at_random_times_leaves_the_loop_reusable(impl, hang_guard):
             capture_output=True,
             text=True,
             timeout=120,
+            check=False,
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    for seed in (1, 2):
+    for seed in (1,):
         result = child(impl, seed)
         assert result["interrupted"] == rounds
         assert result["fds"] == [result["fds"][0]] * rounds
