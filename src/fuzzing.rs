@@ -149,15 +149,17 @@ pub fn write_queue(data: &[u8]) {
     let mut queue = WriteBuffer::default();
     let mut model: VecDeque<u8> = VecDeque::new();
     let mut counter: u8 = 0;
-    while let Some(op) = input.byte() {
-        match op % 3 {
-            0 | 1 => {
-                // Sizes across the small-write joining limit (16 KiB).
+    // At most 64 operations per input: longer ones find nothing new, only slow it down.
+    for _ in 0..64 {
+        let Some(op) = input.byte() else { break };
+        match op % 8 {
+            0..=3 => {
+                // Mostly small writes, some across the joining limit (16 KiB).
                 let Some(raw) = input.u16() else { break };
-                let len = if op % 3 == 0 {
-                    raw as usize % 64
+                let len = if op % 8 == 1 {
+                    raw as usize % 20_000
                 } else {
-                    raw as usize % 40_000
+                    raw as usize % 64
                 };
                 let skip = match input.byte() {
                     Some(s) if len > 0 && s % 4 == 0 => s as usize % (len + 1),
