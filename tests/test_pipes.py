@@ -164,6 +164,40 @@ def test_read_pipe_reads_up_to_256_kib_at_a_time(loop):
     run(loop, main())
 
 
+def test_read_pipe_chunks_after_large_reads(loop):
+    """Each readiness event is one read of up to 256 KiB, whatever the size of the read
+    before it: a large read, then a larger one, then small ones, arrive exactly as
+    asyncio delivers them (and intact)."""
+
+    async def main():
+        a, b = socket.socketpair()
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+        b.setblocking(False)
+        sizes = []
+
+        class Sizes(Proto):
+            def data_received(self, data):
+                sizes.append(len(data))
+                super().data_received(data)
+
+        t, p = await read_pipe(loop, a, Sizes)
+        payload = pattern(64 * 1024 + 300 * 1024 + 40 * 1024 + 10 + 3, seed=5)
+        sent = 0
+        for size in (64 * 1024, 300 * 1024, 40 * 1024, 10, 3):
+            t.pause_reading()
+            b.sendall(payload[sent : sent + size])
+            sent += size
+            t.resume_reading()
+            await p.wait_data(sent)
+        assert sizes == [64 * 1024, 256 * 1024, 44 * 1024, 40 * 1024, 10, 3]
+        assert bytes(p.data) == payload
+        b.close()
+        assert await p.lost is None
+
+    run(loop, main())
+
+
 def test_read_pipe_large_transfer_from_a_thread(loop):
     import threading
 
