@@ -164,6 +164,40 @@ def test_read_pipe_reads_up_to_256_kib_at_a_time(loop):
     run(loop, main())
 
 
+def test_read_pipe_chunks_after_large_reads(loop):
+    """Each readiness event is one read of up to 256 KiB, whatever the size of the read
+    before it: a large read, then a larger one, then small ones, arrive exactly as
+    asyncio delivers them (and intact)."""
+
+    async def main():
+        a, b = socket.socketpair()
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+        b.setblocking(False)
+        sizes = []
+
+        class Sizes(Proto):
+            def data_received(self, data):
+                sizes.append(len(data))
+                super().data_received(data)
+
+        t, p = await read_pipe(loop, a, Sizes)
+        payload = pattern(64 * 1024 + 300 * 1024 + 40 * 1024 + 10 + 3, seed=5)
+        sent = 0
+        for size in (64 * 1024, 300 * 1024, 40 * 1024, 10, 3):
+            t.pause_reading()
+            b.sendall(payload[sent : sent + size])
+            sent += size
+            t.resume_reading()
+            await p.wait_data(sent)
+        assert sizes == [64 * 1024, 256 * 1024, 44 * 1024, 40 * 1024, 10, 3]
+        assert bytes(p.data) == payload
+        b.close()
+        assert await p.lost is None
+
+    run(loop, main())
+
+
 def test_read_pipe_large_transfer_from_a_thread(loop):
     import threading
 
@@ -450,6 +484,23 @@ def test_write_pty_whose_master_is_closed(loop):
 
 
 # ---------------------------------------------------------------- writing
+
+
+def test_write_pipe_transport_is_a_transport_whose_read_methods_are_not_implemented(loop):
+    # asyncio's write pipe transport derives from Transport: code (uvloop's process tests
+    # among it) calls pause_reading() on a subprocess's stdin and expects this error.
+    async def main():
+        r, w = pipe_files()
+        t, _ = await write_pipe(loop, w)
+        assert isinstance(t, asyncio.Transport)
+        for name in ("pause_reading", "resume_reading", "is_reading"):
+            with pytest.raises(NotImplementedError):
+                getattr(t, name)()
+        t.close()
+        await settle()
+        r.close()
+
+    run(loop, main())
 
 
 def test_write_pipe_round_trip(loop):

@@ -3,13 +3,15 @@
 //! `connect_write_pipe` over pipes, FIFOs, sockets and character devices (ttys and ptys
 //! among them), and, later, a subprocess's stdio.
 //!
-//! Reading: one `read(2)` per readiness event, of up to asyncio's `max_size` (256 KiB),
-//! into the loop's shared buffer and copied out into one `bytes`, handed to the
-//! protocol's cached `data_received`. (Reading straight into a `bytes` sized by
-//! `FIONREAD`, as the stream transport does for large reads, was measured here too: a
-//! pipe holds 64 KiB, so each event moves at most that, and the reader that skips the
-//! copy only finds the pipe empty more often and sleeps more, each wakeup costing more
-//! than the copy saved; one system call per event is also one fewer.) End of file schedules `eof_received`, then
+//! Reading: one read system call per readiness event, of up to asyncio's `max_size`
+//! (256 KiB), handed as one `bytes` to the protocol's cached `data_received`. Small reads
+//! go into the loop's shared buffer and are copied out. Once a read has brought at least
+//! `DIRECT_READ` bytes, the next one is a `readv(2)` whose first part is a new `bytes`
+//! object as large as that last read (rounded up to a page) and whose second part is the
+//! shared buffer, up to 256 KiB in all: the usual bulk read (a pipe holds 64 KiB) lands
+//! in its `bytes` with no copy and no extra system call (no `FIONREAD`), and is shrunk
+//! in place to what arrived; only a read larger than the last spills into the shared
+//! buffer and is copied. End of file schedules `eof_received`, then
 //! `connection_lost(None)`. A read error ends the transport with `connection_lost(exc)`;
 //! EIO, what a pty master reads once its slave side is closed, is not reported to the
 //! exception handler (asyncio's `_fatal_error` logs it in debug mode only).
@@ -62,6 +64,95 @@ fn write_raw(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
 
 fn writev_raw(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
     raw_syscall!(libc::SYS_writev, fd, iov.as_ptr(), iov.len())
+}
+
+fn readv_raw(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
+    raw_syscall!(libc::SYS_readv, fd, iov.as_ptr(), iov.len())
+}
+
+/// After a read of at least this many bytes, the next one goes straight into a new
+/// `bytes` object (see the module's documentation).
+const DIRECT_READ: usize = 16 * 1024;
+const PAGE: usize = 4096;
+/// The kernel's copy to user memory is much slower into a destination that is not
+/// cache-line aligned (see `reactor::read_buf`): the bytes up to the first boundary of
+/// this many bytes are read in an iovec of their own.
+const LINE: usize = 64;
+
+extern "C" {
+    /// CPython's in-place resize of a fresh bytes object (not exported by pyo3-ffi).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+}
+
+fn out_of_memory(py: Python<'_>) -> std::io::Error {
+    PyErr::take(py);
+    std::io::Error::from(std::io::ErrorKind::OutOfMemory)
+}
+
+/// One `readv` of up to `MAX_READ` bytes: into a new bytes object of about `expect` bytes
+/// first, then into the loop's shared buffer. Returns what arrived as one bytes object,
+/// `None` at end of file.
+fn read_direct<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    loop_: &Py<LoopCore>,
+    expect: usize,
+) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
+    let mut shared = loop_.get().read_buf.borrow_mut(py);
+    let size = expect.next_multiple_of(PAGE).min(MAX_READ);
+    let spill = shared.len().min(MAX_READ - size);
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes
+    // object of n bytes (or NULL on memory error) that nothing else has seen yet, so
+    // writing into it and resizing it in place are allowed. The iovecs cover that
+    // object's `size` bytes and the first `spill` bytes of the shared buffer, which we
+    // borrow exclusively; the kernel writes at most their total. Every path releases or
+    // hands over the reference exactly once. The GIL is held.
+    unsafe {
+        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(out_of_memory(py));
+        }
+        let start = ffi::PyBytes_AsString(obj) as *mut u8;
+        let head = start.align_offset(LINE).min(size);
+        let iov = [
+            libc::iovec {
+                iov_base: start.cast(),
+                iov_len: head,
+            },
+            libc::iovec {
+                iov_base: start.add(head).cast(),
+                iov_len: size - head,
+            },
+            libc::iovec {
+                iov_base: shared.as_mut_ptr().cast(),
+                iov_len: spill,
+            },
+        ];
+        let first = if head == 0 { 1 } else { 0 };
+        let n = match readv_raw(fd, &iov[first..]) {
+            Ok(n) => n,
+            Err(e) => {
+                ffi::Py_DECREF(obj);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            ffi::Py_DECREF(obj);
+            return Ok(None);
+        }
+        if n != size {
+            // Shrinks in place; grows (rarely: more arrived than last time) by moving.
+            if _PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) < 0 {
+                // The failed resize already released the object.
+                return Err(out_of_memory(py));
+            }
+            if n > size {
+                let dst = (ffi::PyBytes_AsString(obj) as *mut u8).add(size);
+                std::ptr::copy_nonoverlapping(shared.as_slice().as_ptr(), dst, n - size);
+            }
+        }
+        Ok(Some(Bound::from_owned_ptr(py, obj).cast_into_unchecked()))
+    }
 }
 
 /// Reads into the loop's shared buffer and copies out what arrived. `None` at end of file.
@@ -206,6 +297,8 @@ struct ReadState {
     reading: bool,
     /// `connection_lost` has been called (or its call is under way).
     lost: bool,
+    /// Size of the last read, to pick the read strategy.
+    last_read: usize,
 }
 
 /// asyncio's `_UnixReadPipeTransport`.
@@ -336,12 +429,18 @@ impl ReadPipeTransport {
     fn read_once(slf: &Bound<'_, Self>, loop_: &Py<LoopCore>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let got = read_shared(py, this.fd, loop_);
+        let last = this.state.borrow(py).last_read;
+        let got = if last >= DIRECT_READ {
+            read_direct(py, this.fd, loop_, last)
+        } else {
+            read_shared(py, this.fd, loop_)
+        };
         let data = match got {
             Ok(d) => d,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on pipe transport"),
         };
+        this.state.borrow_mut(py).last_read = data.as_ref().map_or(0, |d| d.as_bytes().len());
         let Some(data) = data else {
             return Self::on_eof(slf, loop_.bind(py));
         };
@@ -1264,6 +1363,7 @@ pub(crate) fn read_pipe_transport<'py>(
             paused: false,
             reading: false,
             lost: false,
+            last_read: 0,
         }),
     };
     t.install_protocol(protocol);
