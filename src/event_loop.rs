@@ -26,6 +26,7 @@ use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
+use crate::transports::context::Entered;
 use crate::transports::datagram::DatagramTransport;
 use crate::transports::stream::{io_to_pyerr, StreamTransport};
 
@@ -43,11 +44,12 @@ const DEBUG_STACK_DEPTH: i32 = 10;
 const WAKER_TOKEN: u64 = u64::MAX;
 
 /// What is called when an fd is ready: a user's callback (`add_reader`), or a
-/// transport's own Rust read or write path.
+/// transport's own Rust read or write path, run in the context (a copy of the one
+/// current when the watch was added, as asyncio's reader and writer handles keep).
 pub(crate) enum Watcher {
     Handle(Py<Handle>),
-    Transport(Py<StreamTransport>),
-    Datagram(Py<DatagramTransport>),
+    Transport(Py<StreamTransport>, Py<PyAny>),
+    Datagram(Py<DatagramTransport>, Py<PyAny>),
 }
 
 impl Watcher {
@@ -55,18 +57,18 @@ impl Watcher {
         match self {
             Watcher::Handle(h) if h.get().is_cancelled(py) => None,
             Watcher::Handle(h) => Some(Ready::Handle(h.clone_ref(py))),
-            Watcher::Transport(t) if read => Some(Ready::Read(t.clone_ref(py))),
-            Watcher::Transport(t) => Some(Ready::Write(t.clone_ref(py))),
-            Watcher::Datagram(t) if read => Some(Ready::DatagramRead(t.clone_ref(py))),
-            Watcher::Datagram(t) => Some(Ready::DatagramWrite(t.clone_ref(py))),
+            Watcher::Transport(t, c) if read => Some(Ready::Read(t.clone_ref(py), c.clone_ref(py))),
+            Watcher::Transport(t, c) => Some(Ready::Write(t.clone_ref(py), c.clone_ref(py))),
+            Watcher::Datagram(t, c) if read => Some(Ready::DatagramRead(t.clone_ref(py), c.clone_ref(py))),
+            Watcher::Datagram(t, c) => Some(Ready::DatagramWrite(t.clone_ref(py), c.clone_ref(py))),
         }
     }
 
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Watcher::Handle(h) => visit.call(h),
-            Watcher::Transport(t) => visit.call(t),
-            Watcher::Datagram(t) => visit.call(t),
+            Watcher::Transport(t, c) => visit.call(t).and_then(|_| visit.call(c)),
+            Watcher::Datagram(t, c) => visit.call(t).and_then(|_| visit.call(c)),
         }
     }
 }
@@ -74,22 +76,22 @@ impl Watcher {
 /// An entry of the ready queue.
 pub(crate) enum Ready {
     Handle(Py<Handle>),
-    /// A transport's socket is readable.
-    Read(Py<StreamTransport>),
-    /// A transport's socket is writable.
-    Write(Py<StreamTransport>),
+    /// A transport's socket is readable; its read path runs in the context.
+    Read(Py<StreamTransport>, Py<PyAny>),
+    /// A transport's socket is writable; its write path runs in the context.
+    Write(Py<StreamTransport>, Py<PyAny>),
     /// A datagram transport's socket is readable.
-    DatagramRead(Py<DatagramTransport>),
+    DatagramRead(Py<DatagramTransport>, Py<PyAny>),
     /// A datagram transport's socket is writable.
-    DatagramWrite(Py<DatagramTransport>),
+    DatagramWrite(Py<DatagramTransport>, Py<PyAny>),
 }
 
 impl Ready {
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Ready::Handle(h) => Handle::visit_owned(h, visit),
-            Ready::Read(t) | Ready::Write(t) => visit.call(t),
-            Ready::DatagramRead(t) | Ready::DatagramWrite(t) => visit.call(t),
+            Ready::Read(t, c) | Ready::Write(t, c) => visit.call(t).and_then(|_| visit.call(c)),
+            Ready::DatagramRead(t, c) | Ready::DatagramWrite(t, c) => visit.call(t).and_then(|_| visit.call(c)),
         }
     }
 }
@@ -616,10 +618,26 @@ impl LoopCore {
                         Handle::run(&handle)?;
                     }
                 }
-                Ready::Read(t) => StreamTransport::read_ready(t.bind(py))?,
-                Ready::Write(t) => StreamTransport::write_ready(t.bind(py))?,
-                Ready::DatagramRead(t) => DatagramTransport::read_ready(t.bind(py))?,
-                Ready::DatagramWrite(t) => DatagramTransport::write_ready(t.bind(py))?,
+                Ready::Read(t, c) => {
+                    let c = c.into_bound(py);
+                    let _in = Entered::enter(&c)?;
+                    StreamTransport::read_ready(t.bind(py))?
+                }
+                Ready::Write(t, c) => {
+                    let c = c.into_bound(py);
+                    let _in = Entered::enter(&c)?;
+                    StreamTransport::write_ready(t.bind(py))?
+                }
+                Ready::DatagramRead(t, c) => {
+                    let c = c.into_bound(py);
+                    let _in = Entered::enter(&c)?;
+                    DatagramTransport::read_ready(t.bind(py))?
+                }
+                Ready::DatagramWrite(t, c) => {
+                    let c = c.into_bound(py);
+                    let _in = Entered::enter(&c)?;
+                    DatagramTransport::write_ready(t.bind(py))?
+                }
             }
         }
         Ok(())

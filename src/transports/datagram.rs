@@ -17,9 +17,11 @@
 //! cannot go out now is queued (asyncio's flow control, with the running Python's
 //! accounting) and sent when the socket is writable.
 //!
-//! The protocol's callbacks from the read and write paths run in a copy of the context
-//! that was current when the transport was made. Exceptions they raise go to the
-//! loop's exception handler, as asyncio's handle of `_read_ready` reports them.
+//! The protocol's callbacks from the read and write paths run in the context of the
+//! loop's watch (see `context.rs`): the reader's is a copy of the context current when
+//! reading started or resumed, the writer's of the one current when a `sendto()` began
+//! the queue. Exceptions they raise go to the loop's exception handler, as asyncio's
+//! handle of `_read_ready` reports them.
 //!
 //! A socket that is not a plain `socket.socket` of one of these families goes through
 //! its own `recvfrom`, `send` and `sendto` methods.
@@ -28,7 +30,6 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError};
-use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -37,6 +38,7 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use crate::event_loop::{LoopCore, Watcher};
 use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::{alloc_instance, transport_socket};
+use crate::transports::context::copy_current;
 use crate::transports::sockaddr::{py_to_sockaddr, sockaddr_to_py, socket_name, SockAddr};
 use crate::transports::stream::{
     close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, Chunk, MAX_READ,
@@ -104,9 +106,6 @@ struct DatagramState {
     datagram_received: Option<Py<PyAny>>,
     /// The `asyncio.DatagramTransport` facade that protocols see.
     facade: Option<Py<PyAny>>,
-    /// A copy of the context current when the transport was made: the read and write
-    /// paths run the protocol's callbacks in it.
-    context: Option<Py<PyAny>>,
     /// The remote address the endpoint was made with (asyncio's `_address`): the
     /// default destination, and the only one `sendto()` accepts.
     address: Option<Py<PyAny>>,
@@ -184,31 +183,6 @@ enum Received<'py> {
     Failed(PyErr),
 }
 
-/// Enters `context` for the life of the guard (the read and write paths).
-struct Entered<'py>(Bound<'py, PyAny>);
-
-impl<'py> Entered<'py> {
-    fn enter(context: Bound<'py, PyAny>) -> PyResult<Entered<'py>> {
-        // SAFETY: `context` is a live contextvars.Context (made by PyContext_CopyCurrent)
-        // and the GIL is held.
-        if unsafe { ffi::PyContext_Enter(context.as_ptr()) } < 0 {
-            return Err(PyErr::fetch(context.py()));
-        }
-        Ok(Entered(context))
-    }
-}
-
-impl Drop for Entered<'_> {
-    fn drop(&mut self) {
-        // SAFETY: entered in `enter` on this thread and not exited since; the GIL is
-        // held (the guard lives inside a GIL scope). Exiting a context we entered
-        // cannot fail unless the interpreter is broken, and there is no one to tell.
-        if unsafe { ffi::PyContext_Exit(self.0.as_ptr()) } < 0 {
-            PyErr::take(self.0.py());
-        }
-    }
-}
-
 impl DatagramTransport {
     /// The object protocols see: the facade, or this object if it has none.
     pub(crate) fn facade<'py>(slf: &Bound<'py, DatagramTransport>) -> Bound<'py, PyAny> {
@@ -255,9 +229,10 @@ impl DatagramTransport {
             *flag = on;
         }
         if on {
-            let old = loop_
-                .get()
-                .watch_raw(py, this.fd, Watcher::Datagram(slf.clone().unbind()), read);
+            let old = copy_current(py).and_then(|context| {
+                let watcher = Watcher::Datagram(slf.clone().unbind(), context.unbind());
+                loop_.get().watch_raw(py, this.fd, watcher, read)
+            });
             match old {
                 Ok(old) => drop(old),
                 Err(e) => {
@@ -537,17 +512,16 @@ impl DatagramTransport {
     /// The socket is readable: deliver what is waiting, up to the batch limit.
     pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, sock, context) = {
+        let (loop_, sock) = {
             let st = slf.get().state.borrow(py);
             if st.conn_lost > 0 || !st.reading {
                 return Ok(());
             }
-            match (&st.loop_, &st.sock, &st.context) {
-                (Some(l), Some(s), Some(c)) => (l.bind(py).clone(), s.bind(py).clone(), c.bind(py).clone()),
+            match (&st.loop_, &st.sock) {
+                (Some(l), Some(s)) => (l.bind(py).clone(), s.bind(py).clone()),
                 _ => return Ok(()),
             }
         };
-        let _entered = Entered::enter(context)?;
         Self::read_batch(slf, &loop_, &sock)
     }
 
@@ -597,17 +571,16 @@ impl DatagramTransport {
     /// The socket is writable and datagrams are queued: send them, in order.
     pub(crate) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, context) = {
+        let loop_ = {
             let st = slf.get().state.borrow(py);
             if !st.writing {
                 return Ok(());
             }
-            match (&st.loop_, &st.context) {
-                (Some(l), Some(c)) => (l.bind(py).clone(), c.bind(py).clone()),
-                _ => return Ok(()),
+            match &st.loop_ {
+                Some(l) => l.bind(py).clone(),
+                None => return Ok(()),
             }
         };
-        let _entered = Entered::enter(context)?;
         if let Err(e) = Self::flush(slf) {
             Self::report_callback_error(slf, &loop_, e, "_sendto_ready")?;
         }
@@ -685,7 +658,6 @@ impl DatagramTransport {
                 st.protocol.take(),
                 st.datagram_received.take(),
                 st.facade.take(),
-                st.context.take(),
                 std::mem::take(&mut st.queue),
             )
         };
@@ -979,7 +951,6 @@ impl DatagramTransport {
             visit.call(&st.protocol)?;
             visit.call(&st.datagram_received)?;
             visit.call(&st.facade)?;
-            visit.call(&st.context)?;
             visit.call(&st.address)?;
             for q in &st.queue {
                 if let Target::Py(a) = &q.target {
@@ -997,7 +968,6 @@ impl DatagramTransport {
                 st.protocol.take(),
                 st.datagram_received.take(),
                 st.facade.take(),
-                st.context.take(),
                 st.address.take(),
                 std::mem::take(&mut st.queue),
             )
@@ -1046,9 +1016,6 @@ pub(crate) fn make_datagram_transport<'py>(
     let native = sock.get_type().is(py_attr!(py, "socket", "socket")?)
         && matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX);
     let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
-    // SAFETY: the GIL is held; PyContext_CopyCurrent returns a new reference or NULL
-    // with an exception set.
-    let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
     let since_313 = py.version_info() >= (3, 13);
     let facade = alloc_instance(py_attr!(py, "ferroloop._transports", "DatagramSocketTransport")?)?;
     facade.setattr(intern!(py, "_extra"), &extra)?;
@@ -1065,7 +1032,6 @@ pub(crate) fn make_datagram_transport<'py>(
             protocol: None,
             datagram_received: None,
             facade: Some(facade.clone().unbind()),
-            context: Some(context.unbind()),
             address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
             queue: VecDeque::new(),
             buffer_size: 0,

@@ -1,6 +1,7 @@
 //! Transports: the data path between sockets and protocols, in Rust.
 
 pub(crate) mod accept;
+pub(crate) mod context;
 pub(crate) mod datagram;
 pub(crate) mod sockaddr;
 pub(crate) mod stream;

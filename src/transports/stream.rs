@@ -24,6 +24,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
 use crate::event_loop::{LoopCore, Watcher};
 use crate::gil::{py_attr, GilCell};
+use crate::transports::context::copy_current;
 
 /// Bytes read per readiness event at most (asyncio's `max_size`).
 pub(crate) const MAX_READ: usize = 256 * 1024;
@@ -449,9 +450,10 @@ impl StreamTransport {
             *flag = on;
         }
         if on {
-            let old = loop_
-                .get()
-                .watch_raw(py, this.fd, Watcher::Transport(slf.clone().unbind()), read);
+            let old = copy_current(py).and_then(|context| {
+                let watcher = Watcher::Transport(slf.clone().unbind(), context.unbind());
+                loop_.get().watch_raw(py, this.fd, watcher, read)
+            });
             match old {
                 Ok(old) => drop(old),
                 Err(e) => {
