@@ -26,8 +26,8 @@ use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
-use crate::transports::context::Entered;
 use crate::transports::datagram::DatagramTransport;
+use crate::transports::native;
 use crate::transports::stream::{io_to_pyerr, StreamTransport};
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
@@ -618,26 +618,10 @@ impl LoopCore {
                         Handle::run(&handle)?;
                     }
                 }
-                Ready::Read(t, c) => {
-                    let c = c.into_bound(py);
-                    let _in = Entered::enter(&c)?;
-                    StreamTransport::read_ready(t.bind(py))?
-                }
-                Ready::Write(t, c) => {
-                    let c = c.into_bound(py);
-                    let _in = Entered::enter(&c)?;
-                    StreamTransport::write_ready(t.bind(py))?
-                }
-                Ready::DatagramRead(t, c) => {
-                    let c = c.into_bound(py);
-                    let _in = Entered::enter(&c)?;
-                    DatagramTransport::read_ready(t.bind(py))?
-                }
-                Ready::DatagramWrite(t, c) => {
-                    let c = c.into_bound(py);
-                    let _in = Entered::enter(&c)?;
-                    DatagramTransport::write_ready(t.bind(py))?
-                }
+                Ready::Read(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), true)?,
+                Ready::Write(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), false)?,
+                Ready::DatagramRead(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), true)?,
+                Ready::DatagramWrite(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), false)?,
             }
         }
         Ok(())
@@ -803,6 +787,18 @@ impl LoopCore {
             e
         });
         (u.removed, error)
+    }
+
+    /// Whether a transport's watch of `fd` for reading (`read`) or writing that runs in
+    /// `context` is still registered (neither removed nor replaced).
+    pub(crate) fn watches(&self, py: Python<'_>, fd: RawFd, read: bool, context: &Bound<'_, PyAny>) -> bool {
+        let st = self.state.borrow(py);
+        let Some(w) = st.fds.get(&fd) else { return false };
+        let watcher = if read { &w.reader } else { &w.writer };
+        match watcher {
+            Some(Watcher::Transport(_, c)) | Some(Watcher::Datagram(_, c)) => c.is(context),
+            _ => false,
+        }
     }
 
     /// Stops watching `fd` for reading (`read`) or writing; returns what watched it.

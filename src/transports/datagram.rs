@@ -39,6 +39,7 @@ use crate::event_loop::{LoopCore, Watcher};
 use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::{alloc_instance, transport_socket};
 use crate::transports::context::copy_current;
+use crate::transports::native::Native;
 use crate::transports::sockaddr::{py_to_sockaddr, sockaddr_to_py, socket_name, SockAddr};
 use crate::transports::stream::{
     close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, Chunk, MAX_READ,
@@ -263,32 +264,6 @@ impl DatagramTransport {
         loop_
             .call_method1(intern!(loop_.py(), "call_exception_handler"), (context,))
             .map(drop)
-    }
-
-    /// What a protocol callback raised in the read or write path (`method`, named as
-    /// asyncio's transport method the loop would have called) goes to the exception
-    /// handler, as asyncio's handle reports it; SystemExit and KeyboardInterrupt leave
-    /// the loop.
-    fn report_callback_error(
-        slf: &Bound<'_, Self>,
-        loop_: &Bound<'_, LoopCore>,
-        err: PyErr,
-        method: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let facade = Self::facade(slf);
-        let ctx = PyDict::new(py);
-        ctx.set_item(
-            "message",
-            format!("Exception in callback {}.{method}()", facade.get_type().name()?),
-        )?;
-        ctx.set_item("exception", err.into_value(py))?;
-        ctx.set_item("transport", facade)?;
-        ctx.set_item("protocol", slf.get().protocol(py))?;
-        Self::call_exception_handler(loop_, ctx)
     }
 
     /// asyncio's `_fatal_error`: OSErrors are logged in debug mode only; anything else
@@ -544,10 +519,7 @@ impl DatagramTransport {
                 Received::Failed(e) if e.is_instance_of::<PyOSError>(py) => {
                     // An ICMP error for an earlier send (ECONNREFUSED...): told, and the
                     // transport goes on.
-                    if let Err(e) = Self::error_received(slf, e) {
-                        Self::report_callback_error(slf, loop_, e, "_read_ready")?;
-                    }
-                    return Ok(());
+                    return Self::error_received(slf, e);
                 }
                 Received::Failed(e) => return Self::fatal_error(slf, e, "Fatal read error on datagram transport"),
             };
@@ -561,9 +533,9 @@ impl DatagramTransport {
                     None => Ok(()),
                 },
             };
-            if let Err(e) = result {
-                Self::report_callback_error(slf, loop_, e, "_read_ready")?;
-            }
+            // What the protocol raised ends the batch, as asyncio's one datagram per
+            // event ends: the loop reports it, and the rest waits for the next step.
+            result?;
         }
         Ok(())
     }
@@ -571,20 +543,13 @@ impl DatagramTransport {
     /// The socket is writable and datagrams are queued: send them, in order.
     pub(crate) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let loop_ = {
+        {
             let st = slf.get().state.borrow(py);
-            if !st.writing {
+            if !st.writing || st.loop_.is_none() {
                 return Ok(());
             }
-            match &st.loop_ {
-                Some(l) => l.bind(py).clone(),
-                None => return Ok(()),
-            }
-        };
-        if let Err(e) = Self::flush(slf) {
-            Self::report_callback_error(slf, &loop_, e, "_sendto_ready")?;
         }
-        Ok(())
+        Self::flush(slf)
     }
 
     /// asyncio's `_sendto_ready`. An error is what a protocol callback raised.
@@ -691,6 +656,28 @@ impl DatagramTransport {
     }
 }
 
+impl Native for DatagramTransport {
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    fn callback_name(_py: Python<'_>, readable: bool) -> &'static str {
+        if readable {
+            "_read_ready"
+        } else {
+            "_sendto_ready"
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 #[pymethods]
 impl DatagramTransport {
     /// Starts reading; scheduled right after `connection_made`.
@@ -703,6 +690,18 @@ impl DatagramTransport {
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::call_connection_lost(slf, exc.clone())
+    }
+
+    /// The read path, as the loop runs it when the socket is readable (asyncio's reader
+    /// callback, named in reports of what it raises).
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    /// The write path, as the loop runs it when the socket is writable (asyncio's writer
+    /// callback).
+    fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
     }
 
     #[pyo3(signature = (data, addr=None))]

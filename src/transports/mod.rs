@@ -3,6 +3,7 @@
 pub(crate) mod accept;
 pub(crate) mod context;
 pub(crate) mod datagram;
+pub(crate) mod native;
 pub(crate) mod sockaddr;
 pub(crate) mod stream;
 

@@ -25,6 +25,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 use crate::event_loop::{LoopCore, Watcher};
 use crate::gil::{py_attr, GilCell};
 use crate::transports::context::copy_current;
+use crate::transports::native::Native;
 
 /// Bytes read per readiness event at most (asyncio's `max_size`).
 pub(crate) const MAX_READ: usize = 256 * 1024;
@@ -725,12 +726,13 @@ impl StreamTransport {
         if slf.get().debug(py) {
             Self::log_debug(slf, "%r received EOF")?;
         }
-        let keep_open = match Self::protocol_call(slf, "eof_received", ()).and_then(|r| r.is_truthy()) {
+        let keep_open = match Self::protocol_call(slf, "eof_received", ()) {
             Ok(k) => k,
             Err(e) if is_fatal(py, &e) => return Err(e),
             Err(e) => return Self::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed."),
         };
-        if keep_open {
+        // As asyncio's, a result whose truth cannot be told is an error of the read path.
+        if keep_open.is_truthy()? {
             // The protocol may still write, but nothing more can be read.
             Self::set_watch(slf, true, false)
         } else {
@@ -933,6 +935,30 @@ impl StreamTransport {
     }
 }
 
+impl Native for StreamTransport {
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    fn callback_name(py: Python<'_>, readable: bool) -> &'static str {
+        if readable {
+            "_read_ready"
+        } else if crate::pyversion::at_least(py, (3, 12, 0)) {
+            "_write_sendmsg"
+        } else {
+            "_write_ready"
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 #[pymethods]
 impl StreamTransport {
     #[new]
@@ -999,6 +1025,23 @@ impl StreamTransport {
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::call_connection_lost(slf, exc.clone())
+    }
+
+    /// The read path, as the loop runs it when the socket is readable (asyncio's reader
+    /// callback, named in reports of what it raises).
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    /// The write path, as the loop runs it when the socket is writable (asyncio 3.11's
+    /// writer callback).
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    /// The write path, under the name of asyncio's writer callback from Python 3.12.
+    fn _write_sendmsg(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
