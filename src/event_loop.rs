@@ -26,9 +26,8 @@ use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
-use crate::transports::datagram::DatagramTransport;
-use crate::transports::native;
-use crate::transports::stream::{io_to_pyerr, StreamTransport};
+use crate::transports::native::{NativeReady, NativeTransport, NativeWatch};
+use crate::transports::stream::io_to_pyerr;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
 const MAX_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -43,32 +42,27 @@ const DEBUG_STACK_DEPTH: i32 = 10;
 /// The poller token of the waker; fds use their own number as token.
 const WAKER_TOKEN: u64 = u64::MAX;
 
-/// What is called when an fd is ready: a user's callback (`add_reader`), or a
-/// transport's own Rust read or write path, run in the context (a copy of the one
-/// current when the watch was added, as asyncio's reader and writer handles keep).
+/// What is called when an fd is ready: a user's callback (`add_reader`), or a native
+/// transport's own read or write path (`transports::native`).
 pub(crate) enum Watcher {
     Handle(Py<Handle>),
-    Transport(Py<StreamTransport>, Py<PyAny>),
-    Datagram(Py<DatagramTransport>, Py<PyAny>),
+    Native(NativeWatch),
 }
 
 impl Watcher {
-    fn to_ready(&self, py: Python<'_>, read: bool) -> Option<Ready> {
+    #[inline]
+    fn to_ready(&self, py: Python<'_>, fd: RawFd, read: bool) -> Option<Ready> {
         match self {
             Watcher::Handle(h) if h.get().is_cancelled(py) => None,
             Watcher::Handle(h) => Some(Ready::Handle(h.clone_ref(py))),
-            Watcher::Transport(t, c) if read => Some(Ready::Read(t.clone_ref(py), c.clone_ref(py))),
-            Watcher::Transport(t, c) => Some(Ready::Write(t.clone_ref(py), c.clone_ref(py))),
-            Watcher::Datagram(t, c) if read => Some(Ready::DatagramRead(t.clone_ref(py), c.clone_ref(py))),
-            Watcher::Datagram(t, c) => Some(Ready::DatagramWrite(t.clone_ref(py), c.clone_ref(py))),
+            Watcher::Native(w) => Some(Ready::Native(w.ready(py, fd, read))),
         }
     }
 
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Watcher::Handle(h) => visit.call(h),
-            Watcher::Transport(t, c) => visit.call(t).and_then(|_| visit.call(c)),
-            Watcher::Datagram(t, c) => visit.call(t).and_then(|_| visit.call(c)),
+            Watcher::Native(w) => w.visit(visit),
         }
     }
 }
@@ -76,22 +70,15 @@ impl Watcher {
 /// An entry of the ready queue.
 pub(crate) enum Ready {
     Handle(Py<Handle>),
-    /// A transport's socket is readable; its read path runs in the context.
-    Read(Py<StreamTransport>, Py<PyAny>),
-    /// A transport's socket is writable; its write path runs in the context.
-    Write(Py<StreamTransport>, Py<PyAny>),
-    /// A datagram transport's socket is readable.
-    DatagramRead(Py<DatagramTransport>, Py<PyAny>),
-    /// A datagram transport's socket is writable.
-    DatagramWrite(Py<DatagramTransport>, Py<PyAny>),
+    /// A native transport's fd is readable or writable.
+    Native(NativeReady),
 }
 
 impl Ready {
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Ready::Handle(h) => Handle::visit_owned(h, visit),
-            Ready::Read(t, c) | Ready::Write(t, c) => visit.call(t).and_then(|_| visit.call(c)),
-            Ready::DatagramRead(t, c) | Ready::DatagramWrite(t, c) => visit.call(t).and_then(|_| visit.call(c)),
+            Ready::Native(r) => r.visit(visit),
         }
     }
 }
@@ -568,7 +555,7 @@ impl LoopCore {
                     let Some(watcher) = watcher.as_ref().filter(|_| ready) else {
                         continue;
                     };
-                    match watcher.to_ready(py, read) {
+                    match watcher.to_ready(py, fd, read) {
                         Some(r) => st.ready.push_back(r),
                         None => cancelled_fds.push((fd, read)),
                     }
@@ -618,10 +605,7 @@ impl LoopCore {
                         Handle::run(&handle)?;
                     }
                 }
-                Ready::Read(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), true)?,
-                Ready::Write(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), false)?,
-                Ready::DatagramRead(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), true)?,
-                Ready::DatagramWrite(t, c) => native::dispatch(slf, t.bind(py), c.into_bound(py), false)?,
+                Ready::Native(r) => r.run(slf)?,
             }
         }
         Ok(())
@@ -702,18 +686,22 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// Makes `watcher` the reader (`read`) or writer of `fd`; returns the one it replaces.
-    pub(crate) fn watch_raw(
+    /// Makes `transport`'s read (`read`) or write path the reader or writer of `fd`,
+    /// to run in a copy of the current context (and, in debug mode, with the traceback
+    /// of this call kept for reports); returns what it replaces.
+    pub(crate) fn watch_native(
         &self,
         py: Python<'_>,
         fd: RawFd,
-        watcher: Watcher,
+        transport: NativeTransport,
         read: bool,
     ) -> PyResult<Option<Watcher>> {
-        self.watch_fd(py, fd, watcher, read, None)
+        let watch = NativeWatch::new(py, transport, Self::source_traceback(py, self.debug(py))?)?;
+        self.watch_fd(py, fd, Watcher::Native(watch), read, None)
     }
 
-    /// `watch_raw`, recording `fileobj` when this begins the fd's registration. The poller
+    /// Makes `watcher` the reader (`read`) or writer of `fd`, recording `fileobj` when
+    /// this begins the fd's registration; returns the one it replaces. The poller
     /// is told as selectors tells it: nothing when the interest stays the same; and when
     /// it refuses a new interest, the whole registration is dropped (what watched the fd
     /// is not cancelled) and its error raised.
@@ -796,7 +784,7 @@ impl LoopCore {
         let Some(w) = st.fds.get(&fd) else { return false };
         let watcher = if read { &w.reader } else { &w.writer };
         match watcher {
-            Some(Watcher::Transport(_, c)) | Some(Watcher::Datagram(_, c)) => c.is(context),
+            Some(Watcher::Native(w)) => w.runs_in(context),
             _ => false,
         }
     }
@@ -837,13 +825,7 @@ impl LoopCore {
         let Some(t) = t.and_then(|w| w.bind(py).upgrade()) else {
             return Ok(());
         };
-        let open = if let Ok(t) = t.cast::<StreamTransport>() {
-            (!t.get().is_closing(py)).then(|| StreamTransport::facade(t))
-        } else if let Ok(t) = t.cast::<DatagramTransport>() {
-            (!t.get().is_closing(py)).then(|| DatagramTransport::facade(t))
-        } else {
-            None
-        };
+        let open = NativeTransport::from_object(&t).and_then(|t| t.open_facade(py));
         if let Some(facade) = open {
             return Err(PyRuntimeError::new_err(format!(
                 "File descriptor {} is used by transport {}",
@@ -854,7 +836,7 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Records `t` (a stream or datagram transport) as the owner of `fd`.
+    /// Records `t` (a native transport) as the owner of `fd`.
     pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, PyAny>) -> PyResult<()> {
         let weak = PyWeakrefReference::new(t)?.unbind();
         let old = self.state.borrow_mut(py).transports.insert(fd, weak);

@@ -374,3 +374,45 @@ def test_an_accept_error_goes_to_the_exception_handler_and_serving_goes_on(loop,
         False,
     )
     assert got == expected
+
+
+# ---------------------------------------------------------------- debug mode
+
+
+async def _connection_lost_raising_in_debug_mode(loop):
+    loop.set_debug(True)
+    loop.slow_callback_duration = 60  # no slow-callback warnings
+
+    def report(ctx):
+        tb = ctx.get("source_traceback")
+        return sorted(ctx), normalized(ctx["message"]), bool(tb) and tb[-1].name
+
+    contexts = recording_handler(loop, summarize=report)
+
+    class Raising(Proto):
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            raise Boom("lost")
+
+    t, p, peer = await make_transport(loop, lambda: Raising(loop), sndbuf=4096)
+    t.write(pattern(MIB))
+    t.close()
+    await drain(peer)
+    await p.lost
+    await settle()
+    peer.close()
+    loop.set_debug(False)
+    return contexts
+
+
+def test_a_report_in_debug_mode_says_where_the_watch_was_added(loop, oracle_loop, impl):
+    got, expected = both(loop, oracle_loop, _connection_lost_raising_in_debug_mode)
+    ((keys, message, last_frame),) = expected
+    assert keys == ["exception", "handle", "message", "source_traceback"]
+    assert message == "Exception in callback None()"
+    assert last_frame == "_add_writer"
+    assert got[0][:2] == expected[0][:2]
+    # asyncio's writer handle is made in its _add_writer, ferroloop's watch where the
+    # write() that queued was called.
+    where = "_connection_lost_raising_in_debug_mode" if impl == "ferroloop" else "_add_writer"
+    assert got[0][2] == where

@@ -35,10 +35,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::event_loop::{LoopCore, Watcher};
+use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::{alloc_instance, transport_socket};
-use crate::transports::context::copy_current;
 use crate::transports::native::Native;
 use crate::transports::sockaddr::{py_to_sockaddr, sockaddr_to_py, socket_name, SockAddr};
 use crate::transports::stream::{
@@ -230,10 +229,7 @@ impl DatagramTransport {
             *flag = on;
         }
         if on {
-            let old = copy_current(py).and_then(|context| {
-                let watcher = Watcher::Datagram(slf.clone().unbind(), context.unbind());
-                loop_.get().watch_raw(py, this.fd, watcher, read)
-            });
+            let old = loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read);
             match old {
                 Ok(old) => drop(old),
                 Err(e) => {
@@ -673,8 +669,8 @@ impl Native for DatagramTransport {
         }
     }
 
-    fn fd(&self) -> RawFd {
-        self.fd
+    fn open_facade<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        (!slf.get().is_closing(slf.py())).then(|| Self::facade(slf))
     }
 }
 

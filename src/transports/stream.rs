@@ -22,9 +22,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
-use crate::event_loop::{LoopCore, Watcher};
+use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
-use crate::transports::context::copy_current;
 use crate::transports::native::Native;
 
 /// Bytes read per readiness event at most (asyncio's `max_size`).
@@ -451,10 +450,7 @@ impl StreamTransport {
             *flag = on;
         }
         if on {
-            let old = copy_current(py).and_then(|context| {
-                let watcher = Watcher::Transport(slf.clone().unbind(), context.unbind());
-                loop_.get().watch_raw(py, this.fd, watcher, read)
-            });
+            let old = loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read);
             match old {
                 Ok(old) => drop(old),
                 Err(e) => {
@@ -954,8 +950,8 @@ impl Native for StreamTransport {
         }
     }
 
-    fn fd(&self) -> RawFd {
-        self.fd
+    fn open_facade<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        (!slf.get().is_closing(slf.py())).then(|| Self::facade(slf))
     }
 }
 
