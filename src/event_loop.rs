@@ -7,7 +7,7 @@
 //! the coroutine-shaped cold paths (shutdown_asyncgens, shutdown_default_executor)
 //! live there.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use crate::gil::{py_attr, GilCell};
 use crate::handle_mem;
 use crate::handles::{Handle, TimerHandle};
 use crate::reactor::clock;
+use crate::reactor::fd_map::FdMap;
 use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
@@ -140,11 +141,11 @@ pub(crate) struct LoopState {
     /// How many timers in `timers` are cancelled but not yet removed.
     timer_cancelled: usize,
     /// fd -> its reader and writer; every key is registered with the poller.
-    fds: HashMap<RawFd, FdWatch>,
+    fds: FdMap<FdWatch>,
     /// fd -> a weak reference to the transport that owns it, until its connection is
     /// lost; `add_reader` and friends refuse these fds, as asyncio does. Weak, as
     /// asyncio's: an unreferenced transport that is not reading must be collectable.
-    transports: HashMap<RawFd, Py<PyWeakrefReference>>,
+    transports: FdMap<Py<PyWeakrefReference>>,
     stopping: bool,
     closed: bool,
     /// The thread running the loop (pthread_self, as `threading.get_ident()`).
@@ -957,8 +958,8 @@ impl LoopCore {
                 ready: VecDeque::new(),
                 timers: TimerHeap::default(),
                 timer_cancelled: 0,
-                fds: HashMap::new(),
-                transports: HashMap::new(),
+                fds: FdMap::default(),
+                transports: FdMap::default(),
                 stopping: false,
                 closed: false,
                 thread_id: None,
