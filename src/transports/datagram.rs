@@ -38,18 +38,18 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::{alloc_instance, transport_socket};
+use crate::transports::fatal;
+use crate::transports::flow::{self, FlowControl};
 use crate::transports::native::Native;
 use crate::transports::sockaddr::{py_to_sockaddr, sockaddr_to_py, socket_name, SockAddr};
 use crate::transports::stream::{
-    close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, Chunk, MAX_READ,
+    close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, MAX_READ,
 };
+use crate::transports::write_queue::Chunk;
 
 /// Datagrams taken per readiness event at most, so that a busy socket does not starve
 /// the loop's other callbacks.
 const MAX_DATAGRAMS_PER_EVENT: usize = 32;
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH: usize = 64 * 1024;
 /// What asyncio from 3.13 counts per queued datagram besides its data (gh-113812).
 const HEADER_SIZE: usize = 8;
 
@@ -113,9 +113,7 @@ struct DatagramState {
     /// What `get_write_buffer_size()` says: the queued bytes, plus `header` per
     /// datagram from Python 3.13.
     buffer_size: usize,
-    high: usize,
-    low: usize,
-    protocol_paused: bool,
+    flow: FlowControl,
     closing: bool,
     /// pause_reading() was called.
     paused: bool,
@@ -256,44 +254,13 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn call_exception_handler(loop_: &Bound<'_, LoopCore>, context: Bound<'_, PyDict>) -> PyResult<()> {
-        loop_
-            .call_method1(intern!(loop_.py(), "call_exception_handler"), (context,))
-            .map(drop)
-    }
-
     /// asyncio's `_fatal_error`: OSErrors are logged in debug mode only; anything else
     /// goes to the exception handler. Then the transport is closed at once.
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let value = exc.into_value(py).into_bound(py).into_any();
-        if value.is_instance_of::<PyOSError>() {
-            if this.debug(py) {
-                let kwargs = PyDict::new(py);
-                let info = PyTuple::new(
-                    py,
-                    [
-                        value.get_type().into_any(),
-                        value.clone(),
-                        value.getattr("__traceback__")?,
-                    ],
-                )?;
-                kwargs.set_item("exc_info", info)?;
-                py_attr!(py, "asyncio.log", "logger")?.call_method(
-                    intern!(py, "debug"),
-                    ("%r: %s", Self::facade(slf), message),
-                    Some(&kwargs),
-                )?;
-            }
-        } else if let Some(loop_) = this.loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", message)?;
-            ctx.set_item("exception", &value)?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", this.protocol(py))?;
-            Self::call_exception_handler(loop_.bind(py), ctx)?;
-        }
+        let loop_ = this.loop_of(py).map(|l| l.into_bound(py));
+        let value = fatal::report(loop_.as_ref(), &Self::facade(slf), this.protocol(py), exc, message)?;
         Self::force_close(slf, value)
     }
 
@@ -327,10 +294,10 @@ impl DatagramTransport {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.buffer_size <= st.high || st.protocol_paused {
+            let size = st.buffer_size;
+            if !st.flow.pause(size) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
@@ -343,10 +310,10 @@ impl DatagramTransport {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused || st.buffer_size > st.low {
+            let size = st.buffer_size;
+            if !st.flow.resume(size) {
                 return Ok(());
             }
-            st.protocol_paused = false;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
@@ -356,22 +323,8 @@ impl DatagramTransport {
     }
 
     fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-        let py = slf.py();
-        let Err(e) = protocol.call_method0(method) else {
-            return Ok(());
-        };
-        if is_fatal(py, &e) {
-            return Err(e);
-        }
-        if let Some(loop_) = slf.get().loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", format!("protocol.{method}() failed"))?;
-            ctx.set_item("exception", e.into_value(py))?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", protocol)?;
-            Self::call_exception_handler(loop_.bind(py), ctx)?;
-        }
-        Ok(())
+        let loop_ = slf.get().loop_of(slf.py()).map(|l| l.into_bound(slf.py()));
+        flow::call_protocol(loop_.as_ref(), &Self::facade(slf), protocol, method)
     }
 
     /// The protocol's `error_received(exc)`.
@@ -738,12 +691,10 @@ impl DatagramTransport {
             // socket is already closed counts the same here (asyncio's would raise
             // AttributeError on its None socket).
             if st.conn_lost > 0 && (address.is_some() || sock.is_none()) {
-                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost += 1;
+                let warn = fatal::count_lost_write(&mut st.conn_lost);
                 drop(st);
                 if warn {
-                    py_attr!(py, "asyncio.log", "logger")?
-                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                    fatal::warn_lost_write(py)?;
                 }
                 return Ok(());
             }
@@ -858,8 +809,7 @@ impl DatagramTransport {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        (st.low, st.high)
+        self.state.borrow(py).flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -868,31 +818,8 @@ impl DatagramTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = high.filter(|h| !h.is_none());
-        let low = low.filter(|l| !l.is_none());
-        let (high_v, low_v): (i64, i64) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH as i64, DEFAULT_HIGH as i64 / 4),
-            (None, Some(l)) => {
-                let l: i64 = l.extract()?;
-                (4 * l, l)
-            }
-            (Some(h), None) => {
-                let h: i64 = h.extract()?;
-                (h, h.div_euclid(4))
-            }
-            (Some(h), Some(l)) => (h.extract()?, l.extract()?),
-        };
-        if !(high_v >= low_v && low_v >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high_v}) must be >= low ({low_v}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            st.high = high_v as usize;
-            st.low = low_v as usize;
-        }
+        let limits = flow::parse_limits(high, low)?;
+        slf.get().state.borrow_mut(slf.py()).flow.set_limits(limits);
         Self::maybe_pause_protocol(slf)
     }
 
@@ -1030,9 +957,7 @@ pub(crate) fn make_datagram_transport<'py>(
             address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
             queue: VecDeque::new(),
             buffer_size: 0,
-            high: DEFAULT_HIGH,
-            low: DEFAULT_HIGH / 4,
-            protocol_paused: false,
+            flow: FlowControl::default(),
             closing: false,
             paused: false,
             conn_lost: 0,

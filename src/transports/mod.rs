@@ -3,9 +3,12 @@
 pub(crate) mod accept;
 pub(crate) mod context;
 pub(crate) mod datagram;
+pub(crate) mod fatal;
+pub(crate) mod flow;
 pub(crate) mod native;
 pub(crate) mod sockaddr;
 pub(crate) mod stream;
+pub(crate) mod write_queue;
 
 use pyo3::prelude::*;
 
