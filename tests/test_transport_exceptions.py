@@ -286,9 +286,11 @@ async def _error_received_raising_in_the_write_path(loop, directory):
     t, p = await loop.create_datagram_endpoint(DProto, remote_addr=path, family=socket.AF_UNIX)
     while not t.get_write_buffer_size():
         t.sendto(b"x" * 100)
-    # The peer goes: the queued datagrams fail, the first one's error_received raises.
+    # The peer goes: the queued datagram fails, and error_received raises. (Python 3.13.0
+    # to 3.13.5 leave a sent datagram's header counted in the buffer size: it is not
+    # waited for to drop to 0.)
     sink.close()
-    await wait_until(lambda: not t.get_write_buffer_size())
+    await wait_until(lambda: p.errors)
     await settle()
     t.close()
     await wait_until(lambda: p.lost)
