@@ -7,7 +7,7 @@
 //! the coroutine-shaped cold paths (shutdown_asyncgens, shutdown_default_executor)
 //! live there.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,13 +22,13 @@ use crate::gil::{py_attr, GilCell};
 use crate::handle_mem;
 use crate::handles::{Handle, TimerHandle};
 use crate::reactor::clock;
+use crate::reactor::fd_map::FdMap;
 use crate::reactor::poller::{Events, Interest, Poller};
 use crate::reactor::read_buf::ReadBuffer;
 use crate::reactor::timers::TimerHeap;
 use crate::reactor::waker::Waker;
-use crate::transports::datagram::DatagramTransport;
-use crate::transports::pipe::{ReadPipeTransport, WritePipeTransport};
-use crate::transports::stream::{io_to_pyerr, StreamTransport};
+use crate::transports::native::{NativeReady, NativeTransport, NativeWatch};
+use crate::transports::stream::io_to_pyerr;
 
 /// asyncio's `MAXIMUM_SELECT_TIMEOUT`: one day.
 const MAX_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -43,41 +43,27 @@ const DEBUG_STACK_DEPTH: i32 = 10;
 /// The poller token of the waker; fds use their own number as token.
 const WAKER_TOKEN: u64 = u64::MAX;
 
-/// What is called when an fd is ready: a user's callback (`add_reader`), or a
-/// transport's own Rust read or write path.
+/// What is called when an fd is ready: a user's callback (`add_reader`), or a native
+/// transport's own read or write path (`transports::native`).
 pub(crate) enum Watcher {
     Handle(Py<Handle>),
-    Transport(Py<StreamTransport>),
-    Datagram(Py<DatagramTransport>),
-    /// A read pipe transport (watches for reading only).
-    ReadPipe(Py<ReadPipeTransport>),
-    /// A write pipe transport: writable, and, for a pipe or socket, readable once its
-    /// reader is gone.
-    WritePipe(Py<WritePipeTransport>),
+    Native(NativeWatch),
 }
 
 impl Watcher {
-    fn to_ready(&self, py: Python<'_>, read: bool) -> Option<Ready> {
+    #[inline]
+    fn to_ready(&self, py: Python<'_>, fd: RawFd, read: bool) -> Option<Ready> {
         match self {
             Watcher::Handle(h) if h.get().is_cancelled(py) => None,
             Watcher::Handle(h) => Some(Ready::Handle(h.clone_ref(py))),
-            Watcher::Transport(t) if read => Some(Ready::Read(t.clone_ref(py))),
-            Watcher::Transport(t) => Some(Ready::Write(t.clone_ref(py))),
-            Watcher::Datagram(t) if read => Some(Ready::DatagramRead(t.clone_ref(py))),
-            Watcher::Datagram(t) => Some(Ready::DatagramWrite(t.clone_ref(py))),
-            Watcher::ReadPipe(t) => Some(Ready::ReadPipe(t.clone_ref(py))),
-            Watcher::WritePipe(t) if read => Some(Ready::WritePipeGone(t.clone_ref(py))),
-            Watcher::WritePipe(t) => Some(Ready::WritePipeWrite(t.clone_ref(py))),
+            Watcher::Native(w) => Some(Ready::Native(w.ready(py, fd, read))),
         }
     }
 
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Watcher::Handle(h) => visit.call(h),
-            Watcher::Transport(t) => visit.call(t),
-            Watcher::Datagram(t) => visit.call(t),
-            Watcher::ReadPipe(t) => visit.call(t),
-            Watcher::WritePipe(t) => visit.call(t),
+            Watcher::Native(w) => w.visit(visit),
         }
     }
 }
@@ -85,30 +71,15 @@ impl Watcher {
 /// An entry of the ready queue.
 pub(crate) enum Ready {
     Handle(Py<Handle>),
-    /// A transport's socket is readable.
-    Read(Py<StreamTransport>),
-    /// A transport's socket is writable.
-    Write(Py<StreamTransport>),
-    /// A datagram transport's socket is readable.
-    DatagramRead(Py<DatagramTransport>),
-    /// A datagram transport's socket is writable.
-    DatagramWrite(Py<DatagramTransport>),
-    /// A read pipe transport's fd is readable.
-    ReadPipe(Py<ReadPipeTransport>),
-    /// A write pipe transport's fd is readable: its reader is gone.
-    WritePipeGone(Py<WritePipeTransport>),
-    /// A write pipe transport's fd is writable.
-    WritePipeWrite(Py<WritePipeTransport>),
+    /// A native transport's fd is readable or writable.
+    Native(NativeReady),
 }
 
 impl Ready {
     fn visit(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Ready::Handle(h) => Handle::visit_owned(h, visit),
-            Ready::Read(t) | Ready::Write(t) => visit.call(t),
-            Ready::DatagramRead(t) | Ready::DatagramWrite(t) => visit.call(t),
-            Ready::ReadPipe(t) => visit.call(t),
-            Ready::WritePipeGone(t) | Ready::WritePipeWrite(t) => visit.call(t),
+            Ready::Native(r) => r.visit(visit),
         }
     }
 }
@@ -170,11 +141,11 @@ pub(crate) struct LoopState {
     /// How many timers in `timers` are cancelled but not yet removed.
     timer_cancelled: usize,
     /// fd -> its reader and writer; every key is registered with the poller.
-    fds: HashMap<RawFd, FdWatch>,
+    fds: FdMap<FdWatch>,
     /// fd -> a weak reference to the transport that owns it, until its connection is
     /// lost; `add_reader` and friends refuse these fds, as asyncio does. Weak, as
     /// asyncio's: an unreferenced transport that is not reading must be collectable.
-    transports: HashMap<RawFd, Py<PyWeakrefReference>>,
+    transports: FdMap<Py<PyWeakrefReference>>,
     stopping: bool,
     closed: bool,
     /// The thread running the loop (pthread_self, as `threading.get_ident()`).
@@ -597,7 +568,7 @@ impl LoopCore {
                     let Some(watcher) = watcher.as_ref().filter(|_| ready) else {
                         continue;
                     };
-                    match watcher.to_ready(py, read) {
+                    match watcher.to_ready(py, fd, read) {
                         Some(r) => st.ready.push_back(r),
                         None => cancelled_fds.push((fd, read)),
                     }
@@ -647,13 +618,7 @@ impl LoopCore {
                         Handle::run(&handle)?;
                     }
                 }
-                Ready::Read(t) => StreamTransport::read_ready(t.bind(py))?,
-                Ready::Write(t) => StreamTransport::write_ready(t.bind(py))?,
-                Ready::DatagramRead(t) => DatagramTransport::read_ready(t.bind(py))?,
-                Ready::DatagramWrite(t) => DatagramTransport::write_ready(t.bind(py))?,
-                Ready::ReadPipe(t) => ReadPipeTransport::read_ready(t.bind(py))?,
-                Ready::WritePipeGone(t) => WritePipeTransport::reader_gone(t.bind(py))?,
-                Ready::WritePipeWrite(t) => WritePipeTransport::write_ready(t.bind(py))?,
+                Ready::Native(r) => r.run(slf)?,
             }
         }
         Ok(())
@@ -734,18 +699,22 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// Makes `watcher` the reader (`read`) or writer of `fd`; returns the one it replaces.
-    pub(crate) fn watch_raw(
+    /// Makes `transport`'s read (`read`) or write path the reader or writer of `fd`,
+    /// to run in a copy of the current context (and, in debug mode, with the traceback
+    /// of this call kept for reports); returns what it replaces.
+    pub(crate) fn watch_native(
         &self,
         py: Python<'_>,
         fd: RawFd,
-        watcher: Watcher,
+        transport: NativeTransport,
         read: bool,
     ) -> PyResult<Option<Watcher>> {
-        self.watch_fd(py, fd, watcher, read, None)
+        let watch = NativeWatch::new(py, transport, Self::source_traceback(py, self.debug(py))?)?;
+        self.watch_fd(py, fd, Watcher::Native(watch), read, None)
     }
 
-    /// `watch_raw`, recording `fileobj` when this begins the fd's registration. The poller
+    /// Makes `watcher` the reader (`read`) or writer of `fd`, recording `fileobj` when
+    /// this begins the fd's registration; returns the one it replaces. The poller
     /// is told as selectors tells it: nothing when the interest stays the same; and when
     /// it refuses a new interest, the whole registration is dropped (what watched the fd
     /// is not cancelled) and its error raised.
@@ -821,6 +790,18 @@ impl LoopCore {
         (u.removed, error)
     }
 
+    /// Whether a transport's watch of `fd` for reading (`read`) or writing that runs in
+    /// `context` is still registered (neither removed nor replaced).
+    pub(crate) fn watches(&self, py: Python<'_>, fd: RawFd, read: bool, context: &Bound<'_, PyAny>) -> bool {
+        let st = self.state.borrow(py);
+        let Some(w) = st.fds.get(&fd) else { return false };
+        let watcher = if read { &w.reader } else { &w.writer };
+        match watcher {
+            Some(Watcher::Native(w)) => w.runs_in(context),
+            _ => false,
+        }
+    }
+
     /// Stops watching `fd` for reading (`read`) or writing; returns what watched it.
     pub(crate) fn unwatch_raw(&self, py: Python<'_>, fd: RawFd, read: bool) -> Option<Watcher> {
         self.unwatch_fd(py, fd, read).0
@@ -857,13 +838,7 @@ impl LoopCore {
         let Some(t) = t.and_then(|w| w.bind(py).upgrade()) else {
             return Ok(());
         };
-        let open = if let Ok(t) = t.cast::<StreamTransport>() {
-            (!t.get().is_closing(py)).then(|| StreamTransport::facade(t))
-        } else if let Ok(t) = t.cast::<DatagramTransport>() {
-            (!t.get().is_closing(py)).then(|| DatagramTransport::facade(t))
-        } else {
-            None
-        };
+        let open = NativeTransport::from_object(&t).and_then(|t| t.open_facade(py));
         if let Some(facade) = open {
             return Err(PyRuntimeError::new_err(format!(
                 "File descriptor {} is used by transport {}",
@@ -874,7 +849,7 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Records `t` (a stream or datagram transport) as the owner of `fd`.
+    /// Records `t` (a native transport) as the owner of `fd`.
     pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, t: &Bound<'_, PyAny>) -> PyResult<()> {
         let weak = PyWeakrefReference::new(t)?.unbind();
         let old = self.state.borrow_mut(py).transports.insert(fd, weak);
@@ -946,9 +921,10 @@ impl LoopCore {
                 Handle::do_cancel(h.bind(py))?;
                 Ok(true)
             }
-            // A pipe transport's watch (pipe transports do not own their fd): removed, as
-            // asyncio's remove_reader removes the transport's handle.
-            (Some(Watcher::ReadPipe(_) | Watcher::WritePipe(_)), None) => Ok(true),
+            // A native transport's watch of an fd it does not own (a pipe transport's) or
+            // no longer guards (a closing transport's): removed, as asyncio's
+            // remove_reader removes the transport's handle.
+            (Some(Watcher::Native(_)), None) => Ok(true),
             _ => Ok(false),
         }
     }
@@ -998,8 +974,8 @@ impl LoopCore {
                 ready: VecDeque::new(),
                 timers: TimerHeap::default(),
                 timer_cancelled: 0,
-                fds: HashMap::new(),
-                transports: HashMap::new(),
+                fds: FdMap::default(),
+                transports: FdMap::default(),
                 stopping: false,
                 closed: false,
                 thread_id: None,

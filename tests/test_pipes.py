@@ -951,9 +951,9 @@ def test_data_received_raising_goes_to_the_exception_handler(loop):
         assert isinstance(ctx["exception"], ZeroDivisionError)
         assert ctx["message"].startswith("Exception in callback ")
         assert ctx["message"].endswith("._read_ready()")
-        if not isinstance(loop, asyncio.SelectorEventLoop):
-            assert ctx["transport"] is t
-            assert ctx["protocol"] is p
+        # Handle._run's keys: the reader handle, not the transport and protocol.
+        assert sorted(ctx) == ["exception", "handle", "message"]
+        assert repr(ctx["handle"]).endswith("._read_ready()>")
         w.close()
         await p.lost
 
@@ -1131,14 +1131,11 @@ def test_callbacks_run_in_the_context_of_creation(loop):
     assert [name for name, _ in write_seen] == ["made", "pause", "resume", "lost"]
     assert write_seen[0] == ("made", "write")
     assert write_seen[1] == ("pause", "later")  # called by write() itself
-    # The reader-gone watch runs in the context of creation on both loops.
+    # The write path's callbacks run in a copy of the context of the write() that
+    # queued data (asyncio's writer handle was added there).
+    assert write_seen[2] == ("resume", "later")
+    # The reader-gone watch runs in a copy of the context of creation.
     assert write_seen[3] == ("lost", "write")
-    # The write path's callbacks: asyncio runs them in a copy of the context of the
-    # write() that queued data; ferroloop in the one the transport was made in.
-    if isinstance(loop, asyncio.SelectorEventLoop):
-        assert write_seen[2] == ("resume", "later")
-    else:
-        assert write_seen[2] == ("resume", "write")
 
 
 # ---------------------------------------------------------------- debug mode
