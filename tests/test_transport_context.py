@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import socket
+import ssl
+import sys
 import uuid
 
 import pytest
@@ -545,3 +548,304 @@ def test_datagram_write_path_runs_in_the_context_of_the_sendto_that_queued(loop,
         ("resume", "sender", ("resume",)),
         ("lost", "sender", ("resume", "lost")),
     ]
+
+
+# ---------------------------------------------------------------- pipes
+
+
+def pipe_files():
+    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
+    r, w = os.pipe()
+    return open(r, "rb", 0), open(w, "wb", 0)
+
+
+async def drain_fd(fd, until):
+    """Reads the fd (made non-blocking) until ``until()`` or end of file, letting the loop
+    run in between: what was read."""
+    os.set_blocking(fd, False)
+    got = bytearray()
+    while not until():
+        try:
+            chunk = os.read(fd, MIB)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+            continue
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def test_read_pipe_callbacks_run_in_the_readers_context(loop):
+    """The reader is added in a callback scheduled when the transport is made; end of
+    file schedules eof_received and connection_lost, each in a copy of the reader's."""
+
+    async def connect(r):
+        var.set("connector")
+        return await loop.connect_read_pipe(CtxProto, r)
+
+    async def main():
+        r, w = pipe_files()
+        _, p = await asyncio.create_task(connect(r))
+        var.set("main")
+        w.write(b"first")
+        await p.wait_for("data")
+        w.write(b"second")
+        await p.wait_for("data", 2)
+        w.close()
+        await p.wait_for("lost")
+        assert (var.get(), trace.get()) == ("main", ())
+        return p.log
+
+    assert run(loop, main()) == [
+        ("made", "connector", ("made",)),
+        ("data", "connector", ("data",)),
+        ("data", "connector", ("data", "data")),
+        ("eof", "connector", ("data", "data", "eof")),
+        ("lost", "connector", ("data", "data", "lost")),
+    ]
+    assert (var.get(), trace.get()) == ("unset", ())
+
+
+def test_read_pipe_resume_reading_runs_the_reader_in_the_context_of_its_caller(loop):
+    async def main():
+        var.set("connector")
+        r, w = pipe_files()
+        t, p = await loop.connect_read_pipe(CtxProto, r)
+        w.write(b"a")
+        await p.wait_for("data")
+        t.pause_reading()
+        var.set("resumer")
+        trace.set(("resumer",))
+        t.resume_reading()
+        var.set("after resume")
+        w.write(b"b")
+        await p.wait_for("data", 2)
+        var.set("closer")
+        t.close()
+        await p.wait_for("lost")
+        w.close()
+        return p.log
+
+    assert run(loop, main()) == [
+        ("made", "connector", ("made",)),
+        ("data", "connector", ("data",)),
+        ("data", "resumer", ("resumer", "data")),
+        # close() schedules connection_lost in a copy of its caller's context.
+        ("lost", "closer", ("resumer", "lost")),
+    ]
+
+
+def test_write_pipe_write_path_runs_in_the_context_of_the_write_that_queued(loop):
+    """pause_writing runs inside write(); resume_writing, and connection_lost after a
+    close() with data queued, in a copy of the context of the write() that began the
+    queue."""
+    payload = pattern(MIB)
+
+    async def main():
+        var.set("connector")
+        r, w = pipe_files()
+        t, p = await loop.connect_write_pipe(CtxProto, w)
+        await p.wait_for("made")
+        t.set_write_buffer_limits(high=1, low=0)
+        var.set("first writer")
+        t.write(payload)
+        assert t.get_write_buffer_size() > 0
+        var.set("after first write")
+        got = await drain_fd(r.fileno(), lambda: "resume" in p.names())
+        var.set("second writer")
+        t.write(payload)
+        var.set("closer")
+        t.close()
+        got += await drain_fd(r.fileno(), lambda: "lost" in p.names())
+        got += await drain_fd(r.fileno(), lambda: False)
+        r.close()
+        assert got == payload * 2
+        assert trace.get() == ("pause", "pause")
+        return p.log
+
+    assert run(loop, main()) == [
+        ("made", "connector", ("made",)),
+        ("pause", "first writer", ("pause",)),
+        ("resume", "first writer", ("resume",)),
+        ("pause", "second writer", ("pause", "pause")),
+        ("resume", "second writer", ("pause", "resume")),
+        ("lost", "second writer", ("pause", "resume", "lost")),
+    ]
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_write_pipe_reader_gone_runs_in_the_context_of_creation(loop, queued):
+    """The watch for the reader's going is added in a callback scheduled when the
+    transport is made; it schedules connection_lost in a copy of its context."""
+
+    async def connect(w):
+        var.set("connector")
+        return await loop.connect_write_pipe(CtxProto, w)
+
+    async def main():
+        r, w = pipe_files()
+        t, p = await asyncio.create_task(connect(w))
+        await p.wait_for("made")
+        var.set("writer")
+        if queued:
+            t.write(b"x" * (MIB))
+            assert t.get_write_buffer_size() > 0
+        r.close()
+        await p.wait_for("lost")
+        return p.log
+
+    log = run(loop, main())
+    expected = [("made", "connector", ("made",))]
+    if queued:
+        expected.append(("pause", "writer", ("pause",)))
+    expected.append(("lost", "connector", ("lost",)))
+    assert log == expected
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_contexts():
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def test_tls_callbacks_run_in_the_context_of_the_stream_under_them(loop, tls_contexts):
+    """asyncio's SSLProtocol calls the application protocol from the stream transport's
+    callbacks: connection_made once the handshake is done, then data_received,
+    eof_received and connection_lost, all in the context of the stream's reader (for a
+    server's connection, a copy of the serving context)."""
+    server_ctx, client_ctx = tls_contexts
+    protocols = []
+
+    class Server(CtxProto):
+        def __init__(self):
+            super().__init__()
+            protocols.append(self)
+
+        def data_received(self, data):
+            super().data_received(data)
+            if data.endswith(b"bye"):
+                self.transport.close()
+
+    async def make_server():
+        var.set("server maker")
+        return await loop.create_server(Server, "127.0.0.1", 0, ssl=server_ctx)
+
+    async def connect(port):
+        var.set("connector")
+        return await loop.create_connection(
+            CtxProto, "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+
+    async def main():
+        server = await asyncio.create_task(make_server())
+        port = server.sockets[0].getsockname()[1]
+        t, p = await asyncio.create_task(connect(port))
+        var.set("main")
+        await wait_until(lambda: protocols and "made" in protocols[0].names())
+        t.write(b"hello")
+        await protocols[0].wait_for("data")
+        var.set("client closer")
+        t.write(b"bye")
+        await protocols[0].wait_for("lost")
+        await p.wait_for("lost")
+        server.close()
+        await server.wait_closed()
+        return p.log, protocols[0].log
+
+    client_log, server_log = run(loop, main())
+    # Each side's callbacks share its stream reader's context, from connection_made on;
+    # the server's close() in data_received ends both sides with close_notify.
+    assert client_log == [
+        ("made", "connector", ("made",)),
+        ("eof", "connector", ("made", "eof")),
+        ("lost", "connector", ("made", "eof", "lost")),
+    ]
+    assert server_log == [
+        ("made", "server maker", ("made",)),
+        ("data", "server maker", ("made", "data")),
+        ("data", "server maker", ("made", "data", "data")),
+        ("eof", "server maker", ("made", "data", "data", "eof")),
+        ("lost", "server maker", ("made", "data", "data", "eof", "lost")),
+    ]
+    assert (var.get(), trace.get()) == ("unset", ())
+
+
+# ---------------------------------------------------------------- subprocesses
+
+
+class CtxSubprocessProto(asyncio.SubprocessProtocol):
+    def __init__(self, loop):
+        self.log = []
+        self.exited = loop.create_future()
+
+    def connection_made(self, transport):
+        self.log.append(seen("made"))
+
+    def pipe_data_received(self, fd, data):
+        self.log.append(seen(f"data {fd}"))
+
+    def pipe_connection_lost(self, fd, exc):
+        self.log.append(seen(f"pipe lost {fd}"))
+
+    def process_exited(self):
+        self.log.append(seen("exited"))
+
+    def connection_lost(self, exc):
+        self.log.append(seen("lost"))
+        self.exited.set_result(None)
+
+
+def test_subprocess_pipe_callbacks_run_in_the_context_of_the_spawner(loop):
+    """The process transport connects its pipes in a task of its own, made where the
+    subprocess was spawned: each pipe's reader runs in a copy of that task's context."""
+
+    async def spawn():
+        var.set("spawner")
+        return await loop.subprocess_exec(
+            lambda: CtxSubprocessProto(loop),
+            "/bin/sh",
+            "-c",
+            "read line; printf out; printf err >&2",
+        )
+
+    async def main():
+        t, p = await asyncio.create_task(spawn())
+        var.set("main")
+        # The child exits only once the pipes are connected (asyncio holds back the
+        # protocol's calls until then, and makes them in the connecting task).
+        stdin = t.get_pipe_transport(0)
+        stdin.write(b"go\n")
+        stdin.close()
+        await p.exited
+        t.close()
+        return p.log
+
+    log = run(loop, main())
+    pipes = [entry for entry in log if entry[0] not in ("exited", "lost")]
+    exit_ = [entry for entry in log if entry[0] in ("exited", "lost")]
+    # The order of the pipes and the exit varies; what each callback sees does not.
+    assert sorted(pipes) == [
+        ("data 1", "spawner", ("data 1",)),
+        ("data 2", "spawner", ("data 2",)),
+        ("made", "spawner", ("made",)),
+        # The stdin pipe was closed by main: its connection_lost runs in a copy of main's.
+        ("pipe lost 0", "main", ("pipe lost 0",)),
+        ("pipe lost 1", "spawner", ("pipe lost 1",)),
+        ("pipe lost 2", "spawner", ("pipe lost 2",)),
+    ]
+    # The exit is reported where asyncio's default child watcher reports it: a thread's
+    # empty context on 3.11, a copy of the spawner's where it watches a pidfd.
+    who = "unset" if sys.version_info < (3, 12) else "spawner"
+    assert exit_[0] == ("exited", who, ("exited",))
+    # connection_lost follows the last of the exit and the pipes' ends, in its context.
+    assert exit_[1] in [("lost", who, ("lost",)), ("lost", "spawner", ("lost",))]
+    assert (var.get(), trace.get()) == ("unset", ())

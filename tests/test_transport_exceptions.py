@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import os
 import re
 import socket
+import ssl
 import struct
 import sys
 import uuid
@@ -418,3 +420,228 @@ def test_a_report_in_debug_mode_says_where_the_watch_was_added(loop, oracle_loop
     # write() that queued was called.
     where = "_connection_lost_raising_in_debug_mode" if impl == "ferroloop" else "_add_writer"
     assert got[0][2] == where
+
+
+# ---------------------------------------------------------------- pipes
+
+
+def pipe_files():
+    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
+    r, w = os.pipe()
+    return open(r, "rb", 0), open(w, "wb", 0)
+
+
+async def drain_fd(fd, until=lambda: False):
+    """Reads the fd (made non-blocking) until ``until()`` or end of file, letting the loop
+    run in between: the number of bytes read."""
+    os.set_blocking(fd, False)
+    got = 0
+    while not until():
+        try:
+            chunk = os.read(fd, MIB)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+            continue
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+async def _write_pipe_connection_lost_raising_after_close(loop):
+    in_handler = []
+    contexts = recording_handler(loop, in_handler)
+
+    class Raising(Proto):
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            raise Boom("lost")
+
+    r, w = pipe_files()
+    t, p = await loop.connect_write_pipe(lambda: Raising(loop), w)
+    var.set("writer")
+    data = pattern(MIB)
+    t.write(data)
+    assert t.get_write_buffer_size() > 0
+    var.set("closer")
+    t.close()
+    got = await drain_fd(r.fileno(), lambda: p.lost.done())
+    got += await drain_fd(r.fileno())
+    await settle()
+    r.close()
+    return contexts, in_handler, got, p.kinds()
+
+
+def test_write_pipe_connection_lost_raising_after_a_close_that_had_data_queued(
+    loop, oracle_loop
+):
+    got, expected = both(loop, oracle_loop, _write_pipe_connection_lost_raising_after_close)
+    ((message, exc_type, _, keys, handle, cancelled),) = expected[0]
+    # The writer removed itself before it called connection_lost.
+    assert (message, exc_type, keys, handle, cancelled) == (
+        "Exception in callback None()",
+        "Boom",
+        ["exception", "handle", "message"],
+        "<Handle cancelled>",
+        True,
+    )
+    assert expected[1] == ["writer" if sys.version_info >= (3, 12) else "outer"]
+    assert expected[2] == MIB
+    assert got == expected
+
+
+async def _read_pipe_data_received_raising(loop):
+    in_handler = []
+    contexts = recording_handler(loop, in_handler)
+
+    class Raising(Proto):
+        def data_received(self, data):
+            super().data_received(data)
+            if data.startswith(b"raise"):
+                raise Boom("data")
+
+    r, w = pipe_files()
+    var.set("connector")
+    t, p = await loop.connect_read_pipe(lambda: Raising(loop), r)
+    var.set("main")
+    w.write(b"raise")
+    await p.wait_data(5)
+    await settle()
+    # The transport reads on.
+    w.write(b"after")
+    await p.wait_data(10)
+    closing = t.is_closing()
+    w.close()
+    await p.lost
+    return contexts, in_handler, closing, p.kinds()
+
+
+def test_read_pipe_data_received_raising_is_an_error_of_the_read_path(loop, oracle_loop):
+    got, expected = both(loop, oracle_loop, _read_pipe_data_received_raising)
+    assert expected[0] == [
+        (
+            "Exception in callback Transport._read_ready()",
+            "Boom",
+            "data",
+            ["exception", "handle", "message"],
+            "<Handle Transport._read_ready()>",
+            False,
+        )
+    ]
+    assert expected[1] == ["connector" if sys.version_info >= (3, 12) else "outer"]
+    assert expected[2] is False
+    assert got == expected
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_write_pipe_connection_lost_raising_once_the_reader_is_gone(loop, oracle_loop, queued):
+    async def scenario(loop):
+        contexts = recording_handler(loop)
+
+        class Raising(Proto):
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                raise Boom("lost")
+
+        r, w = pipe_files()
+        t, p = await loop.connect_write_pipe(lambda: Raising(loop), w)
+        if queued:
+            t.write(pattern(MIB))
+        r.close()
+        await p.lost
+        await settle()
+        return contexts, type(p.lost.result()).__name__, p.kinds()
+
+    got, expected = both(loop, oracle_loop, scenario)
+    ((message, exc_type, _, keys, _, cancelled),) = expected[0]
+    arg = "BrokenPipeError()" if queued else "None"
+    assert (message, exc_type, keys, cancelled) == (
+        f"Exception in callback Transport._call_connection_lost({arg})",
+        "Boom",
+        ["exception", "handle", "message"],
+        False,
+    )
+    assert got == expected
+
+
+# ---------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def tls_contexts():
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+@pytest.mark.parametrize("method", ["data_received", "connection_lost"])
+def test_tls_application_callbacks_raising(loop, oracle_loop, tls_contexts, method):
+    """Over TLS, what the application protocol's data_received raises is the SSL
+    protocol's fatal error; its connection_lost runs in a handle of its own."""
+    server_ctx, client_ctx = tls_contexts
+
+    def tls_summary(ctx):
+        return (
+            normalized(ctx["message"]),
+            type(ctx["exception"]).__name__,
+            str(ctx["exception"]),
+            sorted(ctx),
+        )
+
+    async def scenario(loop):
+        contexts = recording_handler(loop, summarize=tls_summary)
+        protocols = []
+
+        class Raising(Proto):
+            def __init__(self):
+                super().__init__(loop)
+                protocols.append(self)
+
+            def data_received(self, data):
+                super().data_received(data)
+                if method == "data_received":
+                    raise Boom(method)
+
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                if method == "connection_lost":
+                    raise Boom(method)
+
+        server = await loop.create_server(Raising, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        t, p = await loop.create_connection(
+            lambda: Proto(loop), "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        await wait_until(lambda: protocols)
+        await protocols[0].made
+        t.write(b"hello")
+        await protocols[0].wait_data(5)
+        if method == "connection_lost":
+            t.close()
+        await protocols[0].lost
+        await p.lost
+        await settle()
+        server.close()
+        await server.wait_closed()
+        return contexts, protocols[0].kinds()
+
+    got, expected = both(loop, oracle_loop, scenario)
+    if method == "data_received":
+        assert expected[0] == [
+            (
+                "Fatal error on SSL protocol",
+                "Boom",
+                method,
+                ["exception", "message", "protocol", "transport"],
+            )
+        ]
+    else:
+        ((message, *rest),) = expected[0]
+        assert message.startswith("Exception in callback ")
+        assert message.endswith(".Raising.connection_lost(None)")
+        assert rest == ["Boom", method, ["exception", "handle", "message"]]
+    assert got == expected
