@@ -23,18 +23,21 @@ import weakref
 
 import pytest
 from net_helpers import run, settle
-from transport_helpers import MIB, Proto, both, capture_exceptions, fds, pattern, repr_body
+from transport_helpers import (
+    MIB,
+    Proto,
+    both,
+    capture_exceptions,
+    fds,
+    pattern,
+    pipe_files,
+    repr_body,
+)
 
 # asyncio's flow control defaults: (low, high).
 DEFAULT_LIMITS = (16 * 1024, 64 * 1024)
 # What a pipe holds before a write blocks (Linux's default pipe size).
 PIPE_CAPACITY = 64 * 1024
-
-
-def pipe_files():
-    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
-    r, w = os.pipe()
-    return open(r, "rb", 0), open(w, "wb", 0)
 
 
 async def read_pipe(loop, pipe, cls=Proto):

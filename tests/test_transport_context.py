@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import socket
-import ssl
 import sys
 import uuid
 
@@ -37,6 +35,9 @@ from transport_helpers import (
     pattern,
     peer_read_exactly,
     peer_read_to_eof,
+    pipe_files,
+    read_fd_while,
+    tls_contexts,
     wait_until,
 )
 
@@ -406,6 +407,19 @@ def test_connection_lost_after_close_runs_in_a_copy_of_the_closers_context(loop,
     ]
 
 
+# The log of a transport that queues two writes of a MiB, each pausing the protocol, the
+# second followed by close(): what the write-path tests of every kind expect.
+WRITE_PATH_LOG = [
+    ("made", "connector", ("made",)),
+    ("pause", "first writer", ("pause",)),
+    ("resume", "first writer", ("resume",)),
+    ("pause", "second writer", ("pause", "pause")),
+    # The writer's context was copied before this pause_writing ran.
+    ("resume", "second writer", ("pause", "resume")),
+    ("lost", "second writer", ("pause", "resume", "lost")),
+]
+
+
 def test_write_path_callbacks_run_in_the_context_of_the_write_that_queued(loop):
     """pause_writing runs inside write(); resume_writing, and connection_lost after a
     close() with data queued, in a copy of the context of the write() that began the
@@ -436,15 +450,7 @@ def test_write_path_callbacks_run_in_the_context_of_the_write_that_queued(loop):
         assert trace.get() == ("pause", "pause")
         return p.log
 
-    assert run(loop, main()) == [
-        ("made", "connector", ("made",)),
-        ("pause", "first writer", ("pause",)),
-        ("resume", "first writer", ("resume",)),
-        ("pause", "second writer", ("pause", "pause")),
-        # The writer's context was copied before this pause_writing ran.
-        ("resume", "second writer", ("pause", "resume")),
-        ("lost", "second writer", ("pause", "resume", "lost")),
-    ]
+    assert run(loop, main()) == WRITE_PATH_LOG
 
 
 def test_data_received_failing_closes_in_a_copy_of_the_readers_context(loop):
@@ -553,29 +559,6 @@ def test_datagram_write_path_runs_in_the_context_of_the_sendto_that_queued(loop,
 # ---------------------------------------------------------------- pipes
 
 
-def pipe_files():
-    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
-    r, w = os.pipe()
-    return open(r, "rb", 0), open(w, "wb", 0)
-
-
-async def drain_fd(fd, until):
-    """Reads the fd (made non-blocking) until ``until()`` or end of file, letting the loop
-    run in between: what was read."""
-    os.set_blocking(fd, False)
-    got = bytearray()
-    while not until():
-        try:
-            chunk = os.read(fd, MIB)
-        except BlockingIOError:
-            await asyncio.sleep(0.001)
-            continue
-        if not chunk:
-            break
-        got += chunk
-    return bytes(got)
-
-
 def test_read_pipe_callbacks_run_in_the_readers_context(loop):
     """The reader is added in a callback scheduled when the transport is made; end of
     file schedules eof_received and connection_lost, each in a copy of the reader's."""
@@ -652,26 +635,19 @@ def test_write_pipe_write_path_runs_in_the_context_of_the_write_that_queued(loop
         t.write(payload)
         assert t.get_write_buffer_size() > 0
         var.set("after first write")
-        got = await drain_fd(r.fileno(), lambda: "resume" in p.names())
+        got = await read_fd_while(r.fileno(), lambda: "resume" in p.names())
         var.set("second writer")
         t.write(payload)
         var.set("closer")
         t.close()
-        got += await drain_fd(r.fileno(), lambda: "lost" in p.names())
-        got += await drain_fd(r.fileno(), lambda: False)
+        got += await read_fd_while(r.fileno(), lambda: "lost" in p.names())
+        got += await read_fd_while(r.fileno(), lambda: False)
         r.close()
         assert got == payload * 2
         assert trace.get() == ("pause", "pause")
         return p.log
 
-    assert run(loop, main()) == [
-        ("made", "connector", ("made",)),
-        ("pause", "first writer", ("pause",)),
-        ("resume", "first writer", ("resume",)),
-        ("pause", "second writer", ("pause", "pause")),
-        ("resume", "second writer", ("pause", "resume")),
-        ("lost", "second writer", ("pause", "resume", "lost")),
-    ]
+    assert run(loop, main()) == WRITE_PATH_LOG
 
 
 @pytest.mark.parametrize("queued", [False, True])
@@ -706,23 +682,12 @@ def test_write_pipe_reader_gone_runs_in_the_context_of_creation(loop, queued):
 # ---------------------------------------------------------------- TLS
 
 
-@pytest.fixture(scope="module")
-def tls_contexts():
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
-
-
-def test_tls_callbacks_run_in_the_context_of_the_stream_under_them(loop, tls_contexts):
+def test_tls_callbacks_run_in_the_context_of_the_stream_under_them(loop):
     """asyncio's SSLProtocol calls the application protocol from the stream transport's
     callbacks: connection_made once the handshake is done, then data_received,
     eof_received and connection_lost, all in the context of the stream's reader (for a
     server's connection, a copy of the serving context)."""
-    server_ctx, client_ctx = tls_contexts
+    server_ctx, client_ctx = tls_contexts()
     protocols = []
 
     class Server(CtxProto):

@@ -52,8 +52,11 @@ pub(crate) trait Native: PyClass<Frozen = True> + Sync {
     fn callback_name(py: Python<'_>, readable: bool) -> &'static str;
 
     /// The object protocols see, while the transport is not closing: `add_reader` and
-    /// friends refuse its fd then, naming it.
-    fn open_facade<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>>;
+    /// friends refuse its fd then, naming it. `None` for a transport that does not own
+    /// its fd (a pipe transport, as asyncio's are not in `loop._transports`).
+    fn open_facade<'py>(_slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        None
+    }
 }
 
 /// Declares the native transport kinds: one variant of [`NativeTransport`] each, and

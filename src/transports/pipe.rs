@@ -352,11 +352,6 @@ impl Native for ReadPipeTransport {
     fn callback_name(_py: Python<'_>, _readable: bool) -> &'static str {
         "_read_ready"
     }
-
-    /// Not the owner of its fd.
-    fn open_facade<'py>(_slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
-        None
-    }
 }
 
 #[pymethods]
@@ -839,11 +834,6 @@ impl Native for WritePipeTransport {
         } else {
             "_write_ready"
         }
-    }
-
-    /// Not the owner of its fd.
-    fn open_facade<'py>(_slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
-        None
     }
 }
 
