@@ -50,6 +50,12 @@ def normalized(text: str) -> str:
     return re.sub(r"(callback |<Handle )\w+\.", r"\1Transport.", text)
 
 
+def shown_args(args: str) -> str:
+    """The arguments of a callback as a handle's repr shows them outside debug mode:
+    from Python 3.13 on, not at all."""
+    return args if sys.version_info < (3, 13) else ""
+
+
 def summary(ctx) -> tuple:
     """What a report says, comparable across the two loops."""
     handle = ctx.get("handle")
@@ -528,6 +534,7 @@ def test_write_pipe_connection_lost_raising_once_the_reader_is_gone(loop, oracle
     got, expected = both(loop, oracle_loop, scenario)
     ((message, exc_type, _, keys, _, cancelled),) = expected[0]
     arg = "BrokenPipeError()" if queued else "None"
+    arg = shown_args(arg)
     assert (message, exc_type, keys, cancelled) == (
         f"Exception in callback Transport._call_connection_lost({arg})",
         "Boom",
@@ -604,6 +611,6 @@ def test_tls_application_callbacks_raising(loop, oracle_loop, method):
     else:
         ((message, *rest),) = expected[0]
         assert message.startswith("Exception in callback ")
-        assert message.endswith(".Raising.connection_lost(None)")
+        assert message.endswith(f".Raising.connection_lost({shown_args('None')})")
         assert rest == ["Boom", method, ["exception", "handle", "message"]]
     assert got == expected
