@@ -455,6 +455,23 @@ def test_write_pty_whose_master_is_closed(loop):
 # ---------------------------------------------------------------- writing
 
 
+def test_write_pipe_transport_is_a_transport_whose_read_methods_are_not_implemented(loop):
+    # asyncio's write pipe transport derives from Transport: code (uvloop's process tests
+    # among it) calls pause_reading() on a subprocess's stdin and expects this error.
+    async def main():
+        r, w = pipe_files()
+        t, _ = await write_pipe(loop, w)
+        assert isinstance(t, asyncio.Transport)
+        for name in ("pause_reading", "resume_reading", "is_reading"):
+            with pytest.raises(NotImplementedError):
+                getattr(t, name)()
+        t.close()
+        await settle()
+        r.close()
+
+    run(loop, main())
+
+
 def test_write_pipe_round_trip(loop):
     async def main():
         r, w = pipe_files()

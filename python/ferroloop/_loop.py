@@ -65,6 +65,11 @@ class Loop(
         self._close_signals()
         self._close_children()
 
+    @property
+    def _closed(self) -> bool:
+        # asyncio's loop keeps this flag as an attribute, and code outside asyncio reads it.
+        return self.is_closed()
+
     def __repr__(self) -> str:
         return (
             f"<{self.__class__.__name__} running={self.is_running()} "
