@@ -23,18 +23,21 @@ import weakref
 
 import pytest
 from net_helpers import run, settle
-from transport_helpers import MIB, Proto, both, capture_exceptions, fds, pattern, repr_body
+from transport_helpers import (
+    MIB,
+    Proto,
+    both,
+    capture_exceptions,
+    fds,
+    pattern,
+    pipe_files,
+    repr_body,
+)
 
 # asyncio's flow control defaults: (low, high).
 DEFAULT_LIMITS = (16 * 1024, 64 * 1024)
 # What a pipe holds before a write blocks (Linux's default pipe size).
 PIPE_CAPACITY = 64 * 1024
-
-
-def pipe_files():
-    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
-    r, w = os.pipe()
-    return open(r, "rb", 0), open(w, "wb", 0)
 
 
 async def read_pipe(loop, pipe, cls=Proto):
@@ -1002,9 +1005,9 @@ def test_data_received_raising_goes_to_the_exception_handler(loop):
         assert isinstance(ctx["exception"], ZeroDivisionError)
         assert ctx["message"].startswith("Exception in callback ")
         assert ctx["message"].endswith("._read_ready()")
-        if not isinstance(loop, asyncio.SelectorEventLoop):
-            assert ctx["transport"] is t
-            assert ctx["protocol"] is p
+        # Handle._run's keys: the reader handle, not the transport and protocol.
+        assert sorted(ctx) == ["exception", "handle", "message"]
+        assert repr(ctx["handle"]).endswith("._read_ready()>")
         w.close()
         await p.lost
 
@@ -1182,14 +1185,11 @@ def test_callbacks_run_in_the_context_of_creation(loop):
     assert [name for name, _ in write_seen] == ["made", "pause", "resume", "lost"]
     assert write_seen[0] == ("made", "write")
     assert write_seen[1] == ("pause", "later")  # called by write() itself
-    # The reader-gone watch runs in the context of creation on both loops.
+    # The write path's callbacks run in a copy of the context of the write() that
+    # queued data (asyncio's writer handle was added there).
+    assert write_seen[2] == ("resume", "later")
+    # The reader-gone watch runs in a copy of the context of creation.
     assert write_seen[3] == ("lost", "write")
-    # The write path's callbacks: asyncio runs them in a copy of the context of the
-    # write() that queued data; ferroloop in the one the transport was made in.
-    if isinstance(loop, asyncio.SelectorEventLoop):
-        assert write_seen[2] == ("resume", "later")
-    else:
-        assert write_seen[2] == ("resume", "write")
 
 
 # ---------------------------------------------------------------- debug mode

@@ -23,6 +23,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
+use crate::transports::context::{copy_current, Entered};
 use crate::transports::sockaddr::{sockaddr_to_py, socket_name};
 use crate::transports::stream::{io_to_pyerr, is_fatal, StreamTransport};
 
@@ -284,10 +285,16 @@ impl Acceptor {
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), addr)?;
         let mut protocol = None;
-        let made = refs.protocol_factory.bind(py).call0().and_then(|p| {
-            let t = make_socket_transport(loop_, &conn, &p, None, Some(extra), server);
-            protocol = Some(p);
-            t
+        // asyncio sets each connection up in a task of its own, so in a copy of the
+        // serving context: what the protocol factory sets there is this connection's
+        // alone, and its transport's callbacks start from it.
+        let made = copy_current(py).and_then(|context| {
+            let _in = Entered::enter(&context)?;
+            refs.protocol_factory.bind(py).call0().and_then(|p| {
+                let t = make_socket_transport(loop_, &conn, &p, None, Some(extra), server);
+                protocol = Some(p);
+                t
+            })
         });
         let Err(exc) = made else { return Ok(()) };
         let closed = conn.call_method0(intern!(py, "close"));
