@@ -1332,16 +1332,19 @@ impl SslProtocol {
         Self::write_appdata(slf, list_of_data)
     }
 
-    fn _app_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// The application transport's `close()`: false if it was closed already (the
+    /// transport then detaches itself, as asyncio's does).
+    fn _app_close(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         {
             let mut st = slf.get().st_mut(py);
             if st.app_closed {
-                return Ok(());
+                return Ok(false);
             }
             st.app_closed = true;
         }
-        Self::start_shutdown(slf)
+        Self::start_shutdown(slf)?;
+        Ok(true)
     }
 
     /// Marks the application transport closed; true if it was open (for its `__del__`).
