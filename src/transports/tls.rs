@@ -89,7 +89,12 @@ struct SslState {
     transport_write: Option<Py<PyAny>>,
     sslcontext: Py<PyAny>,
     sslobj: Py<PyAny>,
-    /// The SSL object's `read` and `write` (the C object's, when possible).
+    /// What the SSL object's methods are called on: the C object under the
+    /// `ssl.SSLObject` when the wrapper's methods are the standard ones (which only
+    /// forward to it), else the wrapper itself (`direct` false).
+    ssl_target: Py<PyAny>,
+    direct: bool,
+    /// The SSL object's `read` and `write`, bound to `ssl_target`.
     ssl_read: Py<PyAny>,
     ssl_write: Py<PyAny>,
     incoming: Py<PyAny>,
@@ -119,10 +124,41 @@ struct SslState {
     app_writing_paused: bool,
     outgoing_high: usize,
     outgoing_low: usize,
-    /// The buffer the stream transport receives ciphertext into (`MAX_SIZE` bytes; never
-    /// resized, so the memoryview over it stays valid), and that view.
-    ssl_buffer: Py<PyByteArray>,
-    ssl_buffer_view: Py<PyAny>,
+}
+
+/// The buffer stream transports receive ciphertext into (`get_buffer`), one per thread
+/// and shared by every TLS connection of that thread: `MAX_SIZE` bytes, never resized
+/// (a memoryview of it is always exported), and the writable view `get_buffer` returns.
+///
+/// Sharing it is sound because what arrives in it is copied into the connection's
+/// incoming BIO by `buffer_updated`, which the transport calls right after the read that
+/// filled it, on the same thread and with no other read in between (a thread reads one
+/// socket at a time). A connection used to allocate and zero its own 256 KiB.
+struct SharedBuffer {
+    bytes: Py<PyByteArray>,
+    view: Py<PyAny>,
+}
+
+thread_local! {
+    static SHARED_BUFFER: std::cell::OnceCell<SharedBuffer> = const { std::cell::OnceCell::new() };
+}
+
+/// This thread's receive buffer and its view, made on first use.
+fn shared_buffer(py: Python<'_>) -> PyResult<(Py<PyByteArray>, Py<PyAny>)> {
+    SHARED_BUFFER.with(|cell| {
+        if cell.get().is_none() {
+            let bytes = PyByteArray::new_with(py, MAX_SIZE, |_| Ok(()))?;
+            let view = PyMemoryView::from(bytes.as_any())?.into_any();
+            // (Should a collection during the allocation have run code that made this
+            // thread's buffer already, that one is kept and this one dropped.)
+            let _ = cell.set(SharedBuffer {
+                bytes: bytes.unbind(),
+                view: view.unbind(),
+            });
+        }
+        let b = cell.get().expect("set above");
+        Ok((b.bytes.clone_ref(py), b.view.clone_ref(py)))
+    })
 }
 
 #[pyclass(module = "ferroloop._core", name = "SSLProtocolCore", subclass, frozen, weakref)]
@@ -174,20 +210,57 @@ fn pending(bio: &Py<PyAny>, py: Python<'_>) -> PyResult<usize> {
     bio.bind(py).getattr(intern!(py, "pending"))?.extract()
 }
 
-/// `method` of the C SSL object under an `ssl.SSLObject`, when the wrapper's own method
-/// is the standard one (which only forwards); otherwise the wrapper's.
-fn fast_method<'py>(sslobj: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+/// The methods of `ssl.SSLObject` this protocol calls; each only forwards to the C object
+/// in `_sslobj` (`unwrap` as its `shutdown`).
+const SSLOBJECT_METHODS: [&str; 7] = [
+    "read",
+    "write",
+    "do_handshake",
+    "getpeercert",
+    "cipher",
+    "compression",
+    "unwrap",
+];
+
+/// The C SSL object under an `ssl.SSLObject` when the wrapper's class does not override
+/// any of `SSLOBJECT_METHODS` (true: call the C object directly); otherwise the wrapper.
+fn ssl_target<'py>(sslobj: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, bool)> {
     let py = sslobj.py();
-    let standard = py_attr!(py, "ssl", "SSLObject")?.getattr(name)?;
-    if sslobj.get_type().getattr(name)?.is(&standard) {
-        if let Ok(inner) = sslobj.getattr(intern!(py, "_sslobj")) {
-            return inner.getattr(name);
+    let standard = py_attr!(py, "ssl", "SSLObject")?;
+    let cls = sslobj.get_type();
+    let mut direct = cls.is(standard);
+    if !direct && cls.is_subclass(standard)? {
+        direct = true;
+        for name in SSLOBJECT_METHODS {
+            if !cls.getattr(name)?.is(&standard.getattr(name)?) {
+                direct = false;
+                break;
+            }
         }
     }
-    sslobj.getattr(name)
+    if direct {
+        if let Ok(inner) = sslobj.getattr(intern!(py, "_sslobj")) {
+            return Ok((inner, true));
+        }
+    }
+    Ok((sslobj.clone(), false))
 }
 
 impl SslProtocol {
+    /// `sslobj.<name>()` (`direct_name` on the C object, when it is called directly).
+    fn ssl_call0<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        direct_name: &Bound<'py, pyo3::types::PyString>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (target, direct) = {
+            let st = self.st(py);
+            (st.ssl_target.clone_ref(py).into_bound(py), st.direct)
+        };
+        target.call_method0(if direct { direct_name } else { name })
+    }
+
     fn st(&self, py: Python<'_>) -> std::cell::Ref<'_, SslState> {
         self.state.borrow(py)
     }
@@ -334,8 +407,8 @@ impl SslProtocol {
 
     fn do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let sslobj = slf.get().st(py).sslobj.clone_ref(py);
-        match sslobj.bind(py).call_method0(intern!(py, "do_handshake")) {
+        let dh = intern!(py, "do_handshake");
+        match slf.get().ssl_call0(py, dh, dh) {
             Ok(_) => Self::on_handshake_complete(slf, None),
             Err(e) if is_again(py, &e)? => Self::process_outgoing(slf),
             Err(e) if is_ssl_error(py, &e)? => Self::on_handshake_complete(slf, Some(e)),
@@ -350,9 +423,11 @@ impl SslProtocol {
         Self::cancel_handle(handle, py)?;
         let sslobj = this.st(py).sslobj.clone_ref(py).into_bound(py);
         let peercert = match handshake_exc {
-            None => this
-                .set_state(py, State::Wrapped)
-                .and_then(|_| sslobj.call_method0(intern!(py, "getpeercert"))),
+            None => this.set_state(py, State::Wrapped).and_then(|_| {
+                // The wrapper's default is binary_form=False; the C method's is the same.
+                let gp = intern!(py, "getpeercert");
+                this.ssl_call0(py, gp, gp)
+            }),
             Some(e) => Err(e),
         };
         let peercert = match peercert {
@@ -380,8 +455,9 @@ impl SslProtocol {
         }
         let extra = this.st(py).extra.clone_ref(py).into_bound(py);
         extra.set_item("peercert", peercert)?;
-        extra.set_item("cipher", sslobj.call_method0(intern!(py, "cipher"))?)?;
-        extra.set_item("compression", sslobj.call_method0(intern!(py, "compression"))?)?;
+        let (ci, co) = (intern!(py, "cipher"), intern!(py, "compression"));
+        extra.set_item("cipher", this.ssl_call0(py, ci, ci)?)?;
+        extra.set_item("compression", this.ssl_call0(py, co, co)?)?;
         extra.set_item("ssl_object", &sslobj)?;
         let made = {
             let mut st = this.st_mut(py);
@@ -440,14 +516,12 @@ impl SslProtocol {
     fn do_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (eof, sslobj) = {
-            let st = this.st(py);
-            (st.eof_received, st.sslobj.clone_ref(py))
-        };
+        let eof = this.st(py).eof_received;
         let result = if eof {
             Ok(())
         } else {
-            sslobj.bind(py).call_method0(intern!(py, "unwrap")).map(drop)
+            this.ssl_call0(py, intern!(py, "unwrap"), intern!(py, "shutdown"))
+                .map(drop)
         };
         match result {
             Ok(()) => {
@@ -907,8 +981,7 @@ impl SslProtocol {
         kwargs.set_item("server_side", server_side)?;
         kwargs.set_item("server_hostname", hostname)?;
         let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
-        let ssl_buffer = PyByteArray::new_with(py, MAX_SIZE, |_| Ok(()))?;
-        let ssl_buffer_view = PyMemoryView::from(ssl_buffer.as_any())?.into_any();
+        let (target, direct) = ssl_target(&sslobj)?;
         let (incoming_high, incoming_low) = flowcontrol_defaults(None, None, HIGH_WATER_SSL_READ_KB)?;
         let (outgoing_high, outgoing_low) = flowcontrol_defaults(None, None, HIGH_WATER_SSL_WRITE_KB)?;
         let proto = SslProtocol {
@@ -924,8 +997,10 @@ impl SslProtocol {
                 app_closed: false,
                 transport: None,
                 transport_write: None,
-                ssl_read: fast_method(&sslobj, "read")?.unbind(),
-                ssl_write: fast_method(&sslobj, "write")?.unbind(),
+                ssl_read: target.getattr(intern!(py, "read"))?.unbind(),
+                ssl_write: target.getattr(intern!(py, "write"))?.unbind(),
+                ssl_target: target.unbind(),
+                direct,
                 sslcontext: sslcontext.unbind(),
                 sslobj: sslobj.unbind(),
                 incoming_write: incoming.getattr("write")?.unbind(),
@@ -958,8 +1033,6 @@ impl SslProtocol {
                 app_writing_paused: false,
                 outgoing_high,
                 outgoing_low,
-                ssl_buffer: ssl_buffer.unbind(),
-                ssl_buffer_view: ssl_buffer_view.unbind(),
             }),
         };
         proto._set_app_protocol(app_protocol)?;
@@ -1154,21 +1227,20 @@ impl SslProtocol {
         Self::cancel_handle(handles.1, py)
     }
 
-    fn get_buffer(&self, py: Python<'_>, _n: isize) -> Py<PyAny> {
-        self.st(py).ssl_buffer_view.clone_ref(py)
+    fn get_buffer(&self, py: Python<'_>, _n: isize) -> PyResult<Py<PyAny>> {
+        Ok(shared_buffer(py)?.1)
     }
 
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (buffer, write) = {
-            let st = this.st(py);
-            (st.ssl_buffer.clone_ref(py), st.incoming_write.clone_ref(py))
-        };
+        let write = this.st(py).incoming_write.clone_ref(py);
+        let buffer = shared_buffer(py)?.0;
         let nbytes = nbytes.min(MAX_SIZE);
-        // SAFETY: the bytearray is ours, `MAX_SIZE` bytes long and never resized; we hold
-        // a reference to it for the whole call, and MemoryBIO.write copies the bytes out
-        // before returning, so the temporary read-only view never outlives the memory.
+        // SAFETY: the bytearray is this thread's shared buffer, `MAX_SIZE` bytes long and
+        // never resized (a memoryview of it stays exported); we hold a reference to it for
+        // the whole call, and MemoryBIO.write copies the bytes out before returning, so the
+        // temporary read-only view never outlives the memory.
         let view = unsafe {
             let ptr = ffi::PyByteArray_AsString(buffer.as_ptr());
             Bound::from_owned_ptr_or_err(
@@ -1451,6 +1523,7 @@ impl SslProtocol {
             visit.call(&st.transport_write)?;
             visit.call(&st.sslcontext)?;
             visit.call(&st.sslobj)?;
+            visit.call(&st.ssl_target)?;
             visit.call(&st.ssl_read)?;
             visit.call(&st.ssl_write)?;
             visit.call(&st.incoming)?;
@@ -1466,8 +1539,6 @@ impl SslProtocol {
             visit.call(&st.shutdown_timeout)?;
             visit.call(&st.handshake_timeout_handle)?;
             visit.call(&st.shutdown_timeout_handle)?;
-            visit.call(&st.ssl_buffer)?;
-            visit.call(&st.ssl_buffer_view)?;
         }
         Ok(())
     }
