@@ -106,6 +106,11 @@ struct SslState {
     write_backlog: VecDeque<Py<PyAny>>,
     write_buffer_size: usize,
     waiter: Option<Py<PyAny>>,
+    /// For a connection a TLS server accepted (`TlsServerFactory`): its application
+    /// protocol and transport, until the handshake ends. A failed handshake closes the
+    /// transport (and is reported in debug mode), as the task of asyncio's
+    /// `_accept_connection2` does once its waiter fails.
+    accepted: Option<(Py<PyAny>, Py<PyAny>)>,
     server_side: bool,
     handshake_timeout: Py<PyAny>,
     shutdown_timeout: Py<PyAny>,
@@ -313,8 +318,21 @@ impl SslProtocol {
         self.st(py).state
     }
 
-    fn wakeup_waiter(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let Some(waiter) = self.st_mut(py).waiter.take() else {
+    fn wakeup_waiter(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (waiter, accepted) = {
+            let mut st = this.st_mut(py);
+            (st.waiter.take(), st.accepted.take())
+        };
+        if let (Some((protocol, transport)), Some(e)) = (accepted, &exc) {
+            // What the waiter's done callback would do, scheduled as it would be.
+            this.loop_(py)?.call_method1(
+                intern!(py, "call_soon"),
+                (slf.getattr(intern!(py, "_accept_failed"))?, protocol, transport, e),
+            )?;
+        }
+        let Some(waiter) = waiter else {
             return Ok(());
         };
         let waiter = waiter.into_bound(py);
@@ -441,7 +459,7 @@ impl SslProtocol {
                 };
                 let exc = e.into_value(py).into_bound(py).into_any();
                 Self::fatal_error(slf, exc.clone(), msg)?;
-                return this.wakeup_waiter(py, Some(exc));
+                return Self::wakeup_waiter(slf, Some(exc));
             }
             Err(e) => return Err(e),
         };
@@ -474,7 +492,7 @@ impl SslProtocol {
                 p.call_method1(intern!(py, "connection_made"), (app_transport,))?;
             }
         }
-        this.wakeup_waiter(py, None)?;
+        Self::wakeup_waiter(slf, None)?;
         Self::do_read(slf)
     }
 
@@ -937,7 +955,7 @@ impl SslProtocol {
         ssl_shutdown_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let py = loop_.py();
-        let constants = py.import("asyncio.constants")?;
+        let constants = py_attr!(py, "asyncio", "constants")?;
         let timeout = |value: Option<&Bound<'_, PyAny>>, name: &str, default: &str| -> PyResult<Py<PyAny>> {
             match value.filter(|v| !v.is_none()) {
                 None => Ok(constants.getattr(default)?.unbind()),
@@ -954,7 +972,7 @@ impl SslProtocol {
         };
         let handshake_timeout = timeout(ssl_handshake_timeout, "ssl_handshake_timeout", "SSL_HANDSHAKE_TIMEOUT")?;
         let shutdown_timeout = timeout(ssl_shutdown_timeout, "ssl_shutdown_timeout", "SSL_SHUTDOWN_TIMEOUT")?;
-        let ssl = py.import("ssl")?;
+        let ssl = py_attr!(py, "ferroloop._tls", "ssl")?;
         let server_hostname = server_hostname.filter(|h| !h.is_none());
         let sslcontext = match sslcontext.filter(|c| c.is_truthy().unwrap_or(true)) {
             Some(c) => c.clone(),
@@ -975,12 +993,10 @@ impl SslProtocol {
         };
         let extra = PyDict::new(py);
         extra.set_item("sslcontext", &sslcontext)?;
-        let incoming = ssl.call_method0("MemoryBIO")?;
-        let outgoing = ssl.call_method0("MemoryBIO")?;
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("server_side", server_side)?;
-        kwargs.set_item("server_hostname", hostname)?;
-        let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
+        let memory_bio = ssl.getattr(intern!(py, "MemoryBIO"))?;
+        let incoming = memory_bio.call0()?;
+        let outgoing = memory_bio.call0()?;
+        let sslobj = wrap_bio(&sslcontext, &incoming, &outgoing, server_side, hostname)?;
         let (target, direct) = ssl_target(&sslobj)?;
         let (incoming_high, incoming_low) = flowcontrol_defaults(None, None, HIGH_WATER_SSL_READ_KB)?;
         let (outgoing_high, outgoing_low) = flowcontrol_defaults(None, None, HIGH_WATER_SSL_WRITE_KB)?;
@@ -1011,6 +1027,7 @@ impl SslProtocol {
                 write_backlog: VecDeque::new(),
                 write_buffer_size: 0,
                 waiter: waiter.filter(|w| !w.is_none()).map(|w| w.clone().unbind()),
+                accepted: None,
                 server_side,
                 handshake_timeout,
                 shutdown_timeout,
@@ -1218,7 +1235,7 @@ impl SslProtocol {
             )
         };
         drop(taken);
-        this.wakeup_waiter(py, (!exc.is_none()).then(|| exc.clone()))?;
+        Self::wakeup_waiter(slf, (!exc.is_none()).then(|| exc.clone()))?;
         let handles = {
             let mut st = this.st_mut(py);
             (st.shutdown_timeout_handle.take(), st.handshake_timeout_handle.take())
@@ -1366,6 +1383,28 @@ impl SslProtocol {
             State::Shutdown => Self::do_shutdown(slf),
             _ => Ok(()),
         }
+    }
+
+    /// A server connection's handshake failed: asyncio's `_accept_connection2` closes
+    /// the transport and, in debug mode, reports the error.
+    fn _accept_failed(
+        &self,
+        py: Python<'_>,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        transport.call_method0(intern!(py, "close"))?;
+        if self.debug(py)? {
+            let ctx = PyDict::new(py);
+            ctx.set_item("message", "Error on transport creation for incoming connection")?;
+            ctx.set_item("exception", exc)?;
+            ctx.set_item("protocol", protocol)?;
+            ctx.set_item("transport", transport)?;
+            self.loop_(py)?
+                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        }
+        Ok(())
     }
 
     // ---- what the application transport calls ----
@@ -1535,6 +1574,10 @@ impl SslProtocol {
                 visit.call(d)?;
             }
             visit.call(&st.waiter)?;
+            if let Some((p, t)) = &st.accepted {
+                visit.call(p)?;
+                visit.call(t)?;
+            }
             visit.call(&st.handshake_timeout)?;
             visit.call(&st.shutdown_timeout)?;
             visit.call(&st.handshake_timeout_handle)?;
@@ -1556,6 +1599,7 @@ impl SslProtocol {
                 st.transport_write.take(),
                 std::mem::take(&mut st.write_backlog),
                 st.waiter.take(),
+                st.accepted.take(),
                 st.handshake_timeout_handle.take(),
                 st.shutdown_timeout_handle.take(),
             )
@@ -1564,6 +1608,108 @@ impl SslProtocol {
     }
 }
 
+/// `sslcontext.wrap_bio(incoming, outgoing, server_side=, server_hostname=)`. For a context
+/// whose `wrap_bio` and `sslobject_class` are the standard ones, what they do (the
+/// `SSLObject._create` classmethod) without their Python frames: an `SSLObject` made
+/// without `__init__`, the context's C `_wrap_bio` with it as the owner, stored as its
+/// `_sslobj`.
+fn wrap_bio<'py>(
+    sslcontext: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    outgoing: &Bound<'py, PyAny>,
+    server_side: bool,
+    hostname: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sslcontext.py();
+    let standard_ctx = py_attr!(py, "ssl", "SSLContext")?;
+    let standard_obj = py_attr!(py, "ssl", "SSLObject")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "server_side"), server_side)?;
+    let standard = sslcontext
+        .get_type()
+        .getattr(intern!(py, "wrap_bio"))?
+        .is(&standard_ctx.getattr(intern!(py, "wrap_bio"))?)
+        && sslcontext.getattr(intern!(py, "sslobject_class"))?.is(standard_obj);
+    if !standard {
+        kwargs.set_item(intern!(py, "server_hostname"), hostname)?;
+        return sslcontext.call_method(intern!(py, "wrap_bio"), (incoming, outgoing), Some(&kwargs));
+    }
+    let hostname = match hostname {
+        Some(h) => sslcontext.call_method1(intern!(py, "_encode_hostname"), (h,))?,
+        None => py.None().into_bound(py),
+    };
+    let obj = py_attr!(py, "builtins", "object")?.call_method1(intern!(py, "__new__"), (standard_obj,))?;
+    kwargs.set_item(intern!(py, "server_hostname"), hostname)?;
+    kwargs.set_item(intern!(py, "owner"), &obj)?;
+    kwargs.set_item(intern!(py, "session"), py.None())?;
+    let c_obj = sslcontext.call_method(intern!(py, "_wrap_bio"), (incoming, outgoing), Some(&kwargs))?;
+    obj.setattr(intern!(py, "_sslobj"), c_obj)?;
+    Ok(obj)
+}
+
+/// The protocol factory of a TLS server's acceptor: the user's protocol under a server-side
+/// `ferroloop._tls.SSLProtocol` (made without its Python `__init__`, whose only work, the
+/// application transport, is done here), as asyncio's `_accept_connection2` makes them.
+#[pyclass(module = "ferroloop._core", name = "TLSServerFactory", frozen)]
+pub struct TlsServerFactory {
+    loop_: Py<PyAny>,
+    protocol_factory: Py<PyAny>,
+    sslcontext: Py<PyAny>,
+    handshake_timeout: Py<PyAny>,
+    shutdown_timeout: Py<PyAny>,
+}
+
+#[pymethods]
+impl TlsServerFactory {
+    #[new]
+    fn new(
+        loop_: Py<PyAny>,
+        protocol_factory: Py<PyAny>,
+        sslcontext: Py<PyAny>,
+        ssl_handshake_timeout: Py<PyAny>,
+        ssl_shutdown_timeout: Py<PyAny>,
+    ) -> Self {
+        TlsServerFactory {
+            loop_,
+            protocol_factory,
+            sslcontext,
+            handshake_timeout: ssl_handshake_timeout,
+            shutdown_timeout: ssl_shutdown_timeout,
+        }
+    }
+
+    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let protocol = self.protocol_factory.bind(py).call0()?;
+        let cls = py_attr!(py, "ferroloop._tls", "SSLProtocol")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "ssl_handshake_timeout"), &self.handshake_timeout)?;
+        kwargs.set_item(intern!(py, "ssl_shutdown_timeout"), &self.shutdown_timeout)?;
+        let args = (
+            cls,
+            &self.loop_,
+            &protocol,
+            &self.sslcontext,
+            py.None(),
+            true,
+            py.None(),
+        );
+        let obj = cls.call_method(intern!(py, "__new__"), args, Some(&kwargs))?;
+        let ssl_protocol = obj.cast::<SslProtocol>()?;
+        let transport = SslProtocol::get_app_transport(ssl_protocol)?;
+        ssl_protocol.get().st_mut(py).accepted = Some((protocol.unbind(), transport.unbind()));
+        Ok(obj)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.protocol_factory)?;
+        visit.call(&self.sslcontext)?;
+        visit.call(&self.handshake_timeout)?;
+        visit.call(&self.shutdown_timeout)
+    }
+}
+
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<SslProtocol>()
+    m.add_class::<SslProtocol>()?;
+    m.add_class::<TlsServerFactory>()
 }
