@@ -765,7 +765,15 @@ impl SslProtocol {
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = this.st(py).ssl_read.clone_ref(py).into_bound(py);
+        let (read, target, incoming) = {
+            let st = this.st(py);
+            let target = st.direct.then(|| st.ssl_target.clone_ref(py).into_bound(py));
+            (
+                st.ssl_read.clone_ref(py).into_bound(py),
+                target,
+                st.incoming.clone_ref(py),
+            )
+        };
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
         let mut closed = false;
         loop {
@@ -776,6 +784,17 @@ impl SslProtocol {
                         break;
                     }
                     chunks.push(chunk);
+                    // With no ciphertext left in the incoming BIO and none of the current
+                    // record's plaintext left in the SSL object (`SSL_pending`; Python's
+                    // SSL objects read one record at a time, no read-ahead), the next read
+                    // could only raise SSLWantReadError: skip it (and the exception).
+                    if let Some(t) = &target {
+                        if pending(&incoming, py)? == 0
+                            && t.call_method0(intern!(py, "pending"))?.extract::<usize>()? == 0
+                        {
+                            break;
+                        }
+                    }
                 }
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
