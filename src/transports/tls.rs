@@ -803,13 +803,8 @@ impl SslProtocol {
         let data = match chunks.len() {
             0 => None,
             1 => chunks.pop(),
-            _ => {
-                let mut all = Vec::new();
-                for c in &chunks {
-                    all.extend_from_slice(c.cast::<PyBytes>()?.as_bytes());
-                }
-                Some(PyBytes::new(py, &all).into_any())
-            }
+            // b''.join(chunks), as sslproto: one copy into the result.
+            _ => Some(PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?),
         };
         if let Some(data) = data {
             let cb = this.st(py).app_data_received.as_ref().map(|c| c.clone_ref(py));
