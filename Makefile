@@ -13,7 +13,7 @@ VENV    ?= .venv-$(PYVER)
 VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test test-one bench bench-smoke soak differential memcheck lint install venv cargo-test conformance wheels clean
+.PHONY: demo test test-one bench bench-smoke soak differential memcheck fuzz lint install venv cargo-test conformance wheels clean
 
 venv: $(VPY)
 $(VPY):
@@ -68,18 +68,34 @@ soak: install $(VENV)/.test-deps
 	cargo build --release -q -p loadgen
 	$(VPY) bench/soak.py
 
-# The differential tests (asyncio and ferroloop given the same generated scenarios)
-# with many more examples than make test runs.
+# The differential tests (asyncio and ferroloop given the same generated scenarios:
+# scheduling operations, and transport and peer operations) with many more examples
+# than make test runs.
 DIFF_EXAMPLES ?= 2000
 differential: install $(VENV)/.test-deps
 	FERROLOOP_DIFF_EXAMPLES=$(DIFF_EXAMPLES) FERROLOOP_TEST_HANG_TIMEOUT=36000 \
-		$(VPY) -m pytest tests/test_differential.py -q
+		$(VPY) -m pytest tests/test_differential.py tests/test_differential_transport.py -q
 
 # The tests that reach the handle memory, the fast call path, the untracking of
 # contexts and handles and the raw syscalls, under valgrind memcheck: fails on any
 # error with a frame in ferroloop's code (tools/memcheck.py; slow: tens of minutes).
 memcheck: install $(VENV)/.test-deps
 	$(VPY) tools/memcheck.py
+
+# cargo fuzz (fuzz/): socket address conversion, the write queue's partial sends, and
+# receiving into a protocol's buffer at any length and alignment, each target for
+# FUZZ_SECONDS (needs the nightly toolchain and `cargo install cargo-fuzz`; the targets
+# link PYTHON's libpython). New corpus entries stay in fuzz/corpus, crashes in
+# fuzz/artifacts. Not part of make test.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= sockaddr write_queue recv_into
+fuzz:
+	cd fuzz && PYTHON=$(PYTHON) cargo +nightly fuzz build -O
+	@set -e; cd fuzz; for t in $(FUZZ_TARGETS); do \
+		echo "==== cargo fuzz run $$t for $(FUZZ_SECONDS) s"; \
+		PYTHON=$(PYTHON) cargo +nightly fuzz run -O $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done
 
 lint:
 	cargo fmt --all -- --check

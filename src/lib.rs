@@ -14,6 +14,10 @@ mod pyversion;
 mod signals;
 mod transports;
 
+// Entry points for `cargo fuzz` (fuzz/), which builds with `--cfg fuzzing`.
+#[cfg(fuzzing)]
+pub mod fuzzing;
+
 use pyo3::prelude::*;
 
 // The module needs the GIL: its state is guarded by it (`gil.rs`, `handle_mem.rs`). A

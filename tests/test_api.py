@@ -22,6 +22,13 @@ def test_loop_is_an_abstract_event_loop(loop):
     assert isinstance(loop, asyncio.AbstractEventLoop)
 
 
+def test_closed_attribute_follows_close(loop):
+    # asyncio's loop keeps `_closed`; libraries and test suites read it.
+    assert loop._closed is False
+    loop.close()
+    assert loop._closed is True
+
+
 # ------------------------------------------------------- futures and tasks
 
 

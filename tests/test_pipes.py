@@ -23,18 +23,21 @@ import weakref
 
 import pytest
 from net_helpers import run, settle
-from transport_helpers import MIB, Proto, both, capture_exceptions, fds, pattern, repr_body
+from transport_helpers import (
+    MIB,
+    Proto,
+    both,
+    capture_exceptions,
+    fds,
+    pattern,
+    pipe_files,
+    repr_body,
+)
 
 # asyncio's flow control defaults: (low, high).
 DEFAULT_LIMITS = (16 * 1024, 64 * 1024)
 # What a pipe holds before a write blocks (Linux's default pipe size).
 PIPE_CAPACITY = 64 * 1024
-
-
-def pipe_files():
-    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
-    r, w = os.pipe()
-    return open(r, "rb", 0), open(w, "wb", 0)
 
 
 async def read_pipe(loop, pipe, cls=Proto):
@@ -160,6 +163,40 @@ def test_read_pipe_reads_up_to_256_kib_at_a_time(loop):
             assert max(sizes) == 256 * 1024
         b.close()
         await p.lost
+
+    run(loop, main())
+
+
+def test_read_pipe_chunks_after_large_reads(loop):
+    """Each readiness event is one read of up to 256 KiB, whatever the size of the read
+    before it: a large read, then a larger one, then small ones, arrive exactly as
+    asyncio delivers them (and intact)."""
+
+    async def main():
+        a, b = socket.socketpair()
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MIB)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+        b.setblocking(False)
+        sizes = []
+
+        class Sizes(Proto):
+            def data_received(self, data):
+                sizes.append(len(data))
+                super().data_received(data)
+
+        t, p = await read_pipe(loop, a, Sizes)
+        payload = pattern(64 * 1024 + 300 * 1024 + 40 * 1024 + 10 + 3, seed=5)
+        sent = 0
+        for size in (64 * 1024, 300 * 1024, 40 * 1024, 10, 3):
+            t.pause_reading()
+            b.sendall(payload[sent : sent + size])
+            sent += size
+            t.resume_reading()
+            await p.wait_data(sent)
+        assert sizes == [64 * 1024, 256 * 1024, 44 * 1024, 40 * 1024, 10, 3]
+        assert bytes(p.data) == payload
+        b.close()
+        assert await p.lost is None
 
     run(loop, main())
 
@@ -450,6 +487,23 @@ def test_write_pty_whose_master_is_closed(loop):
 
 
 # ---------------------------------------------------------------- writing
+
+
+def test_write_pipe_transport_is_a_transport_whose_read_methods_are_not_implemented(loop):
+    # asyncio's write pipe transport derives from Transport: code (uvloop's process tests
+    # among it) calls pause_reading() on a subprocess's stdin and expects this error.
+    async def main():
+        r, w = pipe_files()
+        t, _ = await write_pipe(loop, w)
+        assert isinstance(t, asyncio.Transport)
+        for name in ("pause_reading", "resume_reading", "is_reading"):
+            with pytest.raises(NotImplementedError):
+                getattr(t, name)()
+        t.close()
+        await settle()
+        r.close()
+
+    run(loop, main())
 
 
 def test_write_pipe_round_trip(loop):
@@ -951,9 +1005,9 @@ def test_data_received_raising_goes_to_the_exception_handler(loop):
         assert isinstance(ctx["exception"], ZeroDivisionError)
         assert ctx["message"].startswith("Exception in callback ")
         assert ctx["message"].endswith("._read_ready()")
-        if not isinstance(loop, asyncio.SelectorEventLoop):
-            assert ctx["transport"] is t
-            assert ctx["protocol"] is p
+        # Handle._run's keys: the reader handle, not the transport and protocol.
+        assert sorted(ctx) == ["exception", "handle", "message"]
+        assert repr(ctx["handle"]).endswith("._read_ready()>")
         w.close()
         await p.lost
 
@@ -1131,14 +1185,11 @@ def test_callbacks_run_in_the_context_of_creation(loop):
     assert [name for name, _ in write_seen] == ["made", "pause", "resume", "lost"]
     assert write_seen[0] == ("made", "write")
     assert write_seen[1] == ("pause", "later")  # called by write() itself
-    # The reader-gone watch runs in the context of creation on both loops.
+    # The write path's callbacks run in a copy of the context of the write() that
+    # queued data (asyncio's writer handle was added there).
+    assert write_seen[2] == ("resume", "later")
+    # The reader-gone watch runs in a copy of the context of creation.
     assert write_seen[3] == ("lost", "write")
-    # The write path's callbacks: asyncio runs them in a copy of the context of the
-    # write() that queued data; ferroloop in the one the transport was made in.
-    if isinstance(loop, asyncio.SelectorEventLoop):
-        assert write_seen[2] == ("resume", "later")
-    else:
-        assert write_seen[2] == ("resume", "write")
 
 
 # ---------------------------------------------------------------- debug mode

@@ -1,4 +1,4 @@
-"""Helpers shared by the stream transport tests (test_transport*.py).
+"""Helpers shared by the transport tests (test_transport*.py, test_pipes.py).
 
 A transport under test is usually one end of a connected socket pair wrapped
 with ``loop.connect_accepted_socket()``; the other end stays a plain
@@ -9,9 +9,12 @@ non-blocking socket that the test drives with ``loop.sock_recv()`` /
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import os
 import re
 import socket
+import ssl
 
 import pytest
 
@@ -22,6 +25,43 @@ DEFAULT_LIMITS = (16 * 1024, 64 * 1024)
 
 # A payload much larger than a small socket buffer holds.
 MIB = 1024 * 1024
+
+
+def pipe_files():
+    """An anonymous pipe as unbuffered file objects: (read end, write end)."""
+    r, w = os.pipe()
+    return open(r, "rb", 0), open(w, "wb", 0)
+
+
+async def read_fd_while(fd, until=lambda: False) -> bytes:
+    """Reads the fd (made non-blocking) until ``until()`` or end of file, letting the loop
+    run in between: what was read."""
+    os.set_blocking(fd, False)
+    got = bytearray()
+    while not until():
+        try:
+            chunk = os.read(fd, MIB)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+            continue
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@functools.cache
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for ``localhost`` and a client context that
+    trusts it, made once."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
 
 
 def fds() -> int:

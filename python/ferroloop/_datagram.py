@@ -21,7 +21,7 @@ import sys
 from asyncio.log import logger
 
 from ferroloop._core import make_datagram_transport
-from ferroloop._net import _set_reuseport
+from ferroloop._serve import _set_reuseport
 
 __all__ = ["DatagramMixin"]
 

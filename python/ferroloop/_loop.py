@@ -4,8 +4,9 @@ Hot paths (scheduling, the run step, handles, fd watches) are methods of the Rus
 base ``LoopCore``. What stays here is cold and coroutine-shaped: shutting down async
 generators and the default executor, the async generator hooks, name resolution
 through the executor, and the unclosed-loop warning. Signal handlers are in
-``_signals.py``, connections and servers in ``_net.py``, datagrams in ``_datagram.py``,
-pipes in ``_pipes.py``, ``sendfile`` and ``sock_sendfile`` in ``_sendfile.py``.
+``_signals.py``, connections and servers in ``_net.py`` (and the modules it joins),
+datagrams in ``_datagram.py``, pipes in ``_pipes.py``, ``sendfile`` and
+``sock_sendfile`` in ``_sendfile.py``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Loop(
         # After the loop's own close, as asyncio's Unix loop removes its handlers.
         self._close_signals()
         self._close_children()
+
+    @property
+    def _closed(self) -> bool:
+        # asyncio's loop keeps this flag as an attribute, and code outside asyncio reads it.
+        return self.is_closed()
 
     def __repr__(self) -> str:
         return (

@@ -27,7 +27,7 @@ import socket
 import sys
 from asyncio import base_events, constants, exceptions, protocols
 
-from ferroloop._net import _check_ssl_socket
+from ferroloop._sock import _check_ssl_socket
 from ferroloop._transports import SocketTransport, SSLProtocolTransport
 
 __all__ = ["SendfileMixin"]

@@ -16,13 +16,20 @@ asyncio's child watchers (deprecated in 3.12, gone in 3.14): a pidfd
 has not (ENOSYS, or refused by a seccomp profile) a timer that polls
 ``waitpid(WNOHANG)`` with a growing interval. A child still running when the loop
 closes is left to one reaper thread, so that no zombie outlives its exit.
+
+The child's exit (``process_exited``, then ``connection_lost``) is reported in the
+context asyncio's default child watcher reports it in: a copy of the spawner's where
+asyncio watches a pidfd (3.12 on, where the kernel has pidfds), and an empty one where
+asyncio's watcher is a thread's (``ThreadedChildWatcher``: 3.11, and no pidfds).
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import subprocess
+import sys
 import threading
 from asyncio import base_events, base_subprocess
 from asyncio.log import logger
@@ -125,12 +132,20 @@ class SubprocessMixin:
             pidfd = None
         except AttributeError:  # pragma: no cover - Linux has os.pidfd_open
             pidfd = None
+        # Where asyncio's watcher is a thread, the exit is reported in the thread's
+        # context (empty); elsewhere in a copy of the current one.
+        context = None
+        if pidfd is None or sys.version_info < (3, 12):
+            context = contextvars.Context()
         if pidfd is not None:
             self._children[pid] = (transp, pidfd, None)
-            self._add_reader(pidfd, self._child_readable, pid)
+            if context is None:
+                self._add_reader(pidfd, self._child_readable, pid)
+            else:
+                context.run(self._add_reader, pidfd, self._child_readable, pid)
         else:
             self._children[pid] = (transp, None, None)
-            self._poll_child(pid, _POLL_FIRST)
+            context.run(self._poll_child, pid, _POLL_FIRST)
 
     def _child_readable(self, pid: int) -> None:
         # A pidfd is readable once the child has exited: waitpid does not block.

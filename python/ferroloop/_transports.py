@@ -400,8 +400,11 @@ class ReadPipeTransport(asyncio.ReadTransport):
 _WRITE_PIPE_CORE_METHODS = frozenset(("write", "is_closing", "get_write_buffer_size"))
 
 
-class WritePipeTransport(asyncio.WriteTransport):
-    """A write transport over a pipe, FIFO, socket or character device (a pty...)."""
+class WritePipeTransport(asyncio.Transport):
+    """A write transport over a pipe, FIFO, socket or character device (a pty...).
+
+    A ``Transport``, not only a ``WriteTransport``, as asyncio's write pipe transport is:
+    its read methods (``pause_reading``...) raise ``NotImplementedError``."""
 
     __slots__ = ("_core", "write", "is_closing", "get_write_buffer_size", "__weakref__")
 

@@ -23,6 +23,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
+use crate::transports::context::{copy_current, Entered};
 use crate::transports::sockaddr::{sockaddr_to_py, socket_name};
 use crate::transports::stream::{io_to_pyerr, is_fatal, StreamTransport};
 
@@ -163,6 +164,16 @@ impl AcceptorRefs {
     }
 }
 
+/// Whether accept() failed for want of a resource (asyncio's list: EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM), which pauses accepting for a while.
+fn is_out_of_resources(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyOSError>(py)
+        && e.value(py)
+            .getattr(intern!(py, "errno"))
+            .and_then(|n| n.extract::<libc::c_int>())
+            .is_ok_and(|n| matches!(n, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
 /// The reader callback of a listening socket.
 #[pyclass(module = "ferroloop._core", frozen)]
 pub struct Acceptor {
@@ -274,10 +285,16 @@ impl Acceptor {
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), addr)?;
         let mut protocol = None;
-        let made = refs.protocol_factory.bind(py).call0().and_then(|p| {
-            let t = make_socket_transport(loop_, &conn, &p, None, Some(extra), server);
-            protocol = Some(p);
-            t
+        // asyncio sets each connection up in a task of its own, so in a copy of the
+        // serving context: what the protocol factory sets there is this connection's
+        // alone, and its transport's callbacks start from it.
+        let made = copy_current(py).and_then(|context| {
+            let _in = Entered::enter(&context)?;
+            refs.protocol_factory.bind(py).call0().and_then(|p| {
+                let t = make_socket_transport(loop_, &conn, &p, None, Some(extra), server);
+                protocol = Some(p);
+                t
+            })
         });
         let Err(exc) = made else { return Ok(()) };
         let closed = conn.call_method0(intern!(py, "close"));
@@ -347,6 +364,9 @@ impl Acceptor {
         // that closes the server still gets the connections already accepted.
         let mut batch = Vec::new();
         let mut failure = None;
+        // An accept() that fails for want of resources does not end the batch: as
+        // asyncio's, each attempt of the batch is made, and each failure reported.
+        let mut out_of_resources = Vec::new();
         for _ in 0..self.backlog {
             let accepted = match self.direct {
                 Some(params) => Self::accept_direct(sock, params),
@@ -355,6 +375,7 @@ impl Acceptor {
             match accepted {
                 Ok(Accepted::Conn(conn, addr)) => batch.push((conn, addr)),
                 Ok(Accepted::Empty) => break,
+                Err(e) if is_out_of_resources(py, &e) => out_of_resources.push(e),
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -363,6 +384,26 @@ impl Acceptor {
         }
         let debug = loop_.get().debug(py);
         let mut batch = batch.into_iter();
+        // asyncio reports these from its accept loop, before any connection of the
+        // batch reaches its protocol factory (which its tasks call later).
+        for e in out_of_resources {
+            let reported = loop_.call_method1(
+                intern!(py, "_accept_failed"),
+                (
+                    e.into_value(py),
+                    &refs.protocol_factory,
+                    sock,
+                    &refs.server,
+                    self.backlog,
+                ),
+            );
+            if let Err(e) = reported {
+                for (conn, _) in batch {
+                    let _ = conn.call_method0(intern!(py, "close"));
+                }
+                return Err(e);
+            }
+        }
         for (conn, addr) in batch.by_ref() {
             if let Err(e) = Self::serve(&refs, loop_, conn, addr, debug) {
                 // An interrupt, or a connection that could not be closed: the rest of

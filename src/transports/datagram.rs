@@ -17,9 +17,11 @@
 //! cannot go out now is queued (asyncio's flow control, with the running Python's
 //! accounting) and sent when the socket is writable.
 //!
-//! The protocol's callbacks from the read and write paths run in a copy of the context
-//! that was current when the transport was made. Exceptions they raise go to the
-//! loop's exception handler, as asyncio's handle of `_read_ready` reports them.
+//! The protocol's callbacks from the read and write paths run in the context of the
+//! loop's watch (see `context.rs`): the reader's is a copy of the context current when
+//! reading started or resumed, the writer's of the one current when a `sendto()` began
+//! the queue. Exceptions they raise go to the loop's exception handler, as asyncio's
+//! handle of `_read_ready` reports them.
 //!
 //! A socket that is not a plain `socket.socket` of one of these families goes through
 //! its own `recvfrom`, `send` and `sendto` methods.
@@ -28,26 +30,26 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError};
-use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::event_loop::{LoopCore, Watcher};
+use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::{alloc_instance, transport_socket};
+use crate::transports::fatal;
+use crate::transports::flow::{self, FlowControl};
+use crate::transports::native::Native;
 use crate::transports::sockaddr::{py_to_sockaddr, sockaddr_to_py, socket_name, SockAddr};
 use crate::transports::stream::{
-    close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, Chunk, MAX_READ,
+    close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, MAX_READ,
 };
+use crate::transports::write_queue::Chunk;
 
 /// Datagrams taken per readiness event at most, so that a busy socket does not starve
 /// the loop's other callbacks.
 const MAX_DATAGRAMS_PER_EVENT: usize = 32;
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH: usize = 64 * 1024;
 /// What asyncio from 3.13 counts per queued datagram besides its data (gh-113812).
 const HEADER_SIZE: usize = 8;
 
@@ -104,9 +106,6 @@ struct DatagramState {
     datagram_received: Option<Py<PyAny>>,
     /// The `asyncio.DatagramTransport` facade that protocols see.
     facade: Option<Py<PyAny>>,
-    /// A copy of the context current when the transport was made: the read and write
-    /// paths run the protocol's callbacks in it.
-    context: Option<Py<PyAny>>,
     /// The remote address the endpoint was made with (asyncio's `_address`): the
     /// default destination, and the only one `sendto()` accepts.
     address: Option<Py<PyAny>>,
@@ -114,9 +113,7 @@ struct DatagramState {
     /// What `get_write_buffer_size()` says: the queued bytes, plus `header` per
     /// datagram from Python 3.13.
     buffer_size: usize,
-    high: usize,
-    low: usize,
-    protocol_paused: bool,
+    flow: FlowControl,
     closing: bool,
     /// pause_reading() was called.
     paused: bool,
@@ -184,32 +181,6 @@ enum Received<'py> {
     Failed(PyErr),
 }
 
-/// Enters `context` for the life of the guard (the read and write paths; the pipe
-/// transports' too).
-pub(crate) struct Entered<'py>(Bound<'py, PyAny>);
-
-impl<'py> Entered<'py> {
-    pub(crate) fn enter(context: Bound<'py, PyAny>) -> PyResult<Entered<'py>> {
-        // SAFETY: `context` is a live contextvars.Context (made by PyContext_CopyCurrent)
-        // and the GIL is held.
-        if unsafe { ffi::PyContext_Enter(context.as_ptr()) } < 0 {
-            return Err(PyErr::fetch(context.py()));
-        }
-        Ok(Entered(context))
-    }
-}
-
-impl Drop for Entered<'_> {
-    fn drop(&mut self) {
-        // SAFETY: entered in `enter` on this thread and not exited since; the GIL is
-        // held (the guard lives inside a GIL scope). Exiting a context we entered
-        // cannot fail unless the interpreter is broken, and there is no one to tell.
-        if unsafe { ffi::PyContext_Exit(self.0.as_ptr()) } < 0 {
-            PyErr::take(self.0.py());
-        }
-    }
-}
-
 impl DatagramTransport {
     /// The object protocols see: the facade, or this object if it has none.
     pub(crate) fn facade<'py>(slf: &Bound<'py, DatagramTransport>) -> Bound<'py, PyAny> {
@@ -256,9 +227,7 @@ impl DatagramTransport {
             *flag = on;
         }
         if on {
-            let old = loop_
-                .get()
-                .watch_raw(py, this.fd, Watcher::Datagram(slf.clone().unbind()), read);
+            let old = loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read);
             match old {
                 Ok(old) => drop(old),
                 Err(e) => {
@@ -285,70 +254,13 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn call_exception_handler(loop_: &Bound<'_, LoopCore>, context: Bound<'_, PyDict>) -> PyResult<()> {
-        loop_
-            .call_method1(intern!(loop_.py(), "call_exception_handler"), (context,))
-            .map(drop)
-    }
-
-    /// What a protocol callback raised in the read or write path (`method`, named as
-    /// asyncio's transport method the loop would have called) goes to the exception
-    /// handler, as asyncio's handle reports it; SystemExit and KeyboardInterrupt leave
-    /// the loop.
-    fn report_callback_error(
-        slf: &Bound<'_, Self>,
-        loop_: &Bound<'_, LoopCore>,
-        err: PyErr,
-        method: &str,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if is_fatal(py, &err) {
-            return Err(err);
-        }
-        let facade = Self::facade(slf);
-        let ctx = PyDict::new(py);
-        ctx.set_item(
-            "message",
-            format!("Exception in callback {}.{method}()", facade.get_type().name()?),
-        )?;
-        ctx.set_item("exception", err.into_value(py))?;
-        ctx.set_item("transport", facade)?;
-        ctx.set_item("protocol", slf.get().protocol(py))?;
-        Self::call_exception_handler(loop_, ctx)
-    }
-
     /// asyncio's `_fatal_error`: OSErrors are logged in debug mode only; anything else
     /// goes to the exception handler. Then the transport is closed at once.
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let value = exc.into_value(py).into_bound(py).into_any();
-        if value.is_instance_of::<PyOSError>() {
-            if this.debug(py) {
-                let kwargs = PyDict::new(py);
-                let info = PyTuple::new(
-                    py,
-                    [
-                        value.get_type().into_any(),
-                        value.clone(),
-                        value.getattr("__traceback__")?,
-                    ],
-                )?;
-                kwargs.set_item("exc_info", info)?;
-                py_attr!(py, "asyncio.log", "logger")?.call_method(
-                    intern!(py, "debug"),
-                    ("%r: %s", Self::facade(slf), message),
-                    Some(&kwargs),
-                )?;
-            }
-        } else if let Some(loop_) = this.loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", message)?;
-            ctx.set_item("exception", &value)?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", this.protocol(py))?;
-            Self::call_exception_handler(loop_.bind(py), ctx)?;
-        }
+        let loop_ = this.loop_of(py).map(|l| l.into_bound(py));
+        let value = fatal::report(loop_.as_ref(), &Self::facade(slf), this.protocol(py), exc, message)?;
         Self::force_close(slf, value)
     }
 
@@ -382,10 +294,10 @@ impl DatagramTransport {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.buffer_size <= st.high || st.protocol_paused {
+            let size = st.buffer_size;
+            if !st.flow.pause(size) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
@@ -398,10 +310,10 @@ impl DatagramTransport {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused || st.buffer_size > st.low {
+            let size = st.buffer_size;
+            if !st.flow.resume(size) {
                 return Ok(());
             }
-            st.protocol_paused = false;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
@@ -411,22 +323,8 @@ impl DatagramTransport {
     }
 
     fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-        let py = slf.py();
-        let Err(e) = protocol.call_method0(method) else {
-            return Ok(());
-        };
-        if is_fatal(py, &e) {
-            return Err(e);
-        }
-        if let Some(loop_) = slf.get().loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", format!("protocol.{method}() failed"))?;
-            ctx.set_item("exception", e.into_value(py))?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", protocol)?;
-            Self::call_exception_handler(loop_.bind(py), ctx)?;
-        }
-        Ok(())
+        let loop_ = slf.get().loop_of(slf.py()).map(|l| l.into_bound(slf.py()));
+        flow::call_protocol(loop_.as_ref(), &Self::facade(slf), protocol, method)
     }
 
     /// The protocol's `error_received(exc)`.
@@ -538,17 +436,16 @@ impl DatagramTransport {
     /// The socket is readable: deliver what is waiting, up to the batch limit.
     pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, sock, context) = {
+        let (loop_, sock) = {
             let st = slf.get().state.borrow(py);
             if st.conn_lost > 0 || !st.reading {
                 return Ok(());
             }
-            match (&st.loop_, &st.sock, &st.context) {
-                (Some(l), Some(s), Some(c)) => (l.bind(py).clone(), s.bind(py).clone(), c.bind(py).clone()),
+            match (&st.loop_, &st.sock) {
+                (Some(l), Some(s)) => (l.bind(py).clone(), s.bind(py).clone()),
                 _ => return Ok(()),
             }
         };
-        let _entered = Entered::enter(context)?;
         Self::read_batch(slf, &loop_, &sock)
     }
 
@@ -571,10 +468,7 @@ impl DatagramTransport {
                 Received::Failed(e) if e.is_instance_of::<PyOSError>(py) => {
                     // An ICMP error for an earlier send (ECONNREFUSED...): told, and the
                     // transport goes on.
-                    if let Err(e) = Self::error_received(slf, e) {
-                        Self::report_callback_error(slf, loop_, e, "_read_ready")?;
-                    }
-                    return Ok(());
+                    return Self::error_received(slf, e);
                 }
                 Received::Failed(e) => return Self::fatal_error(slf, e, "Fatal read error on datagram transport"),
             };
@@ -588,9 +482,9 @@ impl DatagramTransport {
                     None => Ok(()),
                 },
             };
-            if let Err(e) = result {
-                Self::report_callback_error(slf, loop_, e, "_read_ready")?;
-            }
+            // What the protocol raised ends the batch, as asyncio's one datagram per
+            // event ends: the loop reports it, and the rest waits for the next step.
+            result?;
         }
         Ok(())
     }
@@ -598,21 +492,13 @@ impl DatagramTransport {
     /// The socket is writable and datagrams are queued: send them, in order.
     pub(crate) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, context) = {
+        {
             let st = slf.get().state.borrow(py);
-            if !st.writing {
+            if !st.writing || st.loop_.is_none() {
                 return Ok(());
             }
-            match (&st.loop_, &st.context) {
-                (Some(l), Some(c)) => (l.bind(py).clone(), c.bind(py).clone()),
-                _ => return Ok(()),
-            }
-        };
-        let _entered = Entered::enter(context)?;
-        if let Err(e) = Self::flush(slf) {
-            Self::report_callback_error(slf, &loop_, e, "_sendto_ready")?;
         }
-        Ok(())
+        Self::flush(slf)
     }
 
     /// asyncio's `_sendto_ready`. An error is what a protocol callback raised.
@@ -686,7 +572,6 @@ impl DatagramTransport {
                 st.protocol.take(),
                 st.datagram_received.take(),
                 st.facade.take(),
-                st.context.take(),
                 std::mem::take(&mut st.queue),
             )
         };
@@ -720,6 +605,28 @@ impl DatagramTransport {
     }
 }
 
+impl Native for DatagramTransport {
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    fn callback_name(_py: Python<'_>, readable: bool) -> &'static str {
+        if readable {
+            "_read_ready"
+        } else {
+            "_sendto_ready"
+        }
+    }
+
+    fn open_facade<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        (!slf.get().is_closing(slf.py())).then(|| Self::facade(slf))
+    }
+}
+
 #[pymethods]
 impl DatagramTransport {
     /// Starts reading; scheduled right after `connection_made`.
@@ -732,6 +639,18 @@ impl DatagramTransport {
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::call_connection_lost(slf, exc.clone())
+    }
+
+    /// The read path, as the loop runs it when the socket is readable (asyncio's reader
+    /// callback, named in reports of what it raises).
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    /// The write path, as the loop runs it when the socket is writable (asyncio's writer
+    /// callback).
+    fn _sendto_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
     }
 
     #[pyo3(signature = (data, addr=None))]
@@ -772,12 +691,10 @@ impl DatagramTransport {
             // socket is already closed counts the same here (asyncio's would raise
             // AttributeError on its None socket).
             if st.conn_lost > 0 && (address.is_some() || sock.is_none()) {
-                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost += 1;
+                let warn = fatal::count_lost_write(&mut st.conn_lost);
                 drop(st);
                 if warn {
-                    py_attr!(py, "asyncio.log", "logger")?
-                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                    fatal::warn_lost_write(py, fatal::LOST_SEND_WARNING)?;
                 }
                 return Ok(());
             }
@@ -892,8 +809,7 @@ impl DatagramTransport {
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        (st.low, st.high)
+        self.state.borrow(py).flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -902,31 +818,8 @@ impl DatagramTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = high.filter(|h| !h.is_none());
-        let low = low.filter(|l| !l.is_none());
-        let (high_v, low_v): (i64, i64) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH as i64, DEFAULT_HIGH as i64 / 4),
-            (None, Some(l)) => {
-                let l: i64 = l.extract()?;
-                (4 * l, l)
-            }
-            (Some(h), None) => {
-                let h: i64 = h.extract()?;
-                (h, h.div_euclid(4))
-            }
-            (Some(h), Some(l)) => (h.extract()?, l.extract()?),
-        };
-        if !(high_v >= low_v && low_v >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high_v}) must be >= low ({low_v}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            st.high = high_v as usize;
-            st.low = low_v as usize;
-        }
+        let limits = flow::parse_limits(high, low)?;
+        slf.get().state.borrow_mut(slf.py()).flow.set_limits(limits);
         Self::maybe_pause_protocol(slf)
     }
 
@@ -980,7 +873,6 @@ impl DatagramTransport {
             visit.call(&st.protocol)?;
             visit.call(&st.datagram_received)?;
             visit.call(&st.facade)?;
-            visit.call(&st.context)?;
             visit.call(&st.address)?;
             for q in &st.queue {
                 if let Target::Py(a) = &q.target {
@@ -998,7 +890,6 @@ impl DatagramTransport {
                 st.protocol.take(),
                 st.datagram_received.take(),
                 st.facade.take(),
-                st.context.take(),
                 st.address.take(),
                 std::mem::take(&mut st.queue),
             )
@@ -1047,9 +938,6 @@ pub(crate) fn make_datagram_transport<'py>(
     let native = sock.get_type().is(py_attr!(py, "socket", "socket")?)
         && matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX);
     let connection_made = protocol.getattr(intern!(py, "connection_made"))?;
-    // SAFETY: the GIL is held; PyContext_CopyCurrent returns a new reference or NULL
-    // with an exception set.
-    let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())? };
     let since_313 = py.version_info() >= (3, 13);
     let facade = alloc_instance(py_attr!(py, "ferroloop._transports", "DatagramSocketTransport")?)?;
     facade.setattr(intern!(py, "_extra"), &extra)?;
@@ -1066,13 +954,10 @@ pub(crate) fn make_datagram_transport<'py>(
             protocol: None,
             datagram_received: None,
             facade: Some(facade.clone().unbind()),
-            context: Some(context.unbind()),
             address: address.filter(|a| !a.is_none()).map(|a| a.clone().unbind()),
             queue: VecDeque::new(),
             buffer_size: 0,
-            high: DEFAULT_HIGH,
-            low: DEFAULT_HIGH / 4,
-            protocol_paused: false,
+            flow: FlowControl::default(),
             closing: false,
             paused: false,
             conn_lost: 0,

@@ -3,13 +3,15 @@
 //! `connect_write_pipe` over pipes, FIFOs, sockets and character devices (ttys and ptys
 //! among them), and, later, a subprocess's stdio.
 //!
-//! Reading: one `read(2)` per readiness event, of up to asyncio's `max_size` (256 KiB),
-//! into the loop's shared buffer and copied out into one `bytes`, handed to the
-//! protocol's cached `data_received`. (Reading straight into a `bytes` sized by
-//! `FIONREAD`, as the stream transport does for large reads, was measured here too: a
-//! pipe holds 64 KiB, so each event moves at most that, and the reader that skips the
-//! copy only finds the pipe empty more often and sleeps more, each wakeup costing more
-//! than the copy saved; one system call per event is also one fewer.) End of file schedules `eof_received`, then
+//! Reading: one read system call per readiness event, of up to asyncio's `max_size`
+//! (256 KiB), handed as one `bytes` to the protocol's cached `data_received`. Small reads
+//! go into the loop's shared buffer and are copied out. Once a read has brought at least
+//! `DIRECT_READ` bytes, the next one is a `readv(2)` whose first part is a new `bytes`
+//! object as large as that last read (rounded up to a page) and whose second part is the
+//! shared buffer, up to 256 KiB in all: the usual bulk read (a pipe holds 64 KiB) lands
+//! in its `bytes` with no copy and no extra system call (no `FIONREAD`), and is shrunk
+//! in place to what arrived; only a read larger than the last spills into the shared
+//! buffer and is copied. End of file schedules `eof_received`, then
 //! `connection_lost(None)`. A read error ends the transport with `connection_lost(exc)`;
 //! EIO, what a pty master reads once its slave side is closed, is not reported to the
 //! exception handler (asyncio's `_fatal_error` logs it in debug mode only).
@@ -23,11 +25,15 @@
 //! data was still queued. A write that fails (EPIPE on a character device, EIO on a
 //! pty whose master is closed) ends the transport with `connection_lost(exc)`.
 //!
-//! The protocol's callbacks from the read and write paths run in a copy of the context
-//! current when the transport was made (as the datagram transport's); what they raise
-//! goes to the exception handler as asyncio's handle of `_read_ready` or `_write_ready`
-//! reports it. Neither transport is recorded as the owner of its fd (asyncio's pipe
-//! transports are not in `loop._transports`).
+//! Both are native transports (`native.rs`): the loop runs their read and write paths
+//! as asyncio runs the reader and writer handles of its pipe transports, each in a copy
+//! of the context current when the watch was added (reading starts in a callback
+//! scheduled when the transport is made, so in a copy of that context; a write that
+//! queues starts the writer), and what escapes a path goes to the exception handler as
+//! asyncio's handle of `_read_ready` or `_write_ready` reports it. The write queue, flow
+//! control and fatal-error report are the transport core's (`write_queue.rs`, `flow.rs`,
+//! `fatal.rs`), with the pipe transports' own messages. Neither transport is recorded as
+//! the owner of its fd (asyncio's pipe transports are not in `loop._transports`).
 //!
 //! Protocols see thin Python facades (`ferroloop._transports.ReadPipeTransport` and
 //! `WritePipeTransport`); [`read_pipe_transport`] and [`write_pipe_transport`] make them
@@ -36,21 +42,22 @@
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyOSError, PyValueError};
-use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::event_loop::{LoopCore, Watcher};
+use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::alloc_instance;
-use crate::transports::datagram::Entered;
-use crate::transports::stream::{io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, WriteBuffer, MAX_READ};
+use crate::transports::fatal;
+use crate::transports::flow::{self, FlowControl};
+use crate::transports::native::Native;
+use crate::transports::stream::{io_to_pyerr, is_bytes_like, would_block, BufferView, MAX_READ};
+use crate::transports::write_queue::WriteBuffer;
 
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-const DEFAULT_HIGH: usize = 64 * 1024;
+/// asyncio's warning about writes after a pipe transport's connection was lost.
+const LOST_WRITE_WARNING: &str = "pipe closed by peer or os.write(pipe, data) raised exception.";
 
 fn read_raw(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
     raw_syscall!(libc::SYS_read, fd, buf, len)
@@ -62,6 +69,95 @@ fn write_raw(fd: RawFd, data: &[u8]) -> std::io::Result<usize> {
 
 fn writev_raw(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
     raw_syscall!(libc::SYS_writev, fd, iov.as_ptr(), iov.len())
+}
+
+fn readv_raw(fd: RawFd, iov: &[libc::iovec]) -> std::io::Result<usize> {
+    raw_syscall!(libc::SYS_readv, fd, iov.as_ptr(), iov.len())
+}
+
+/// After a read of at least this many bytes, the next one goes straight into a new
+/// `bytes` object (see the module's documentation).
+const DIRECT_READ: usize = 16 * 1024;
+const PAGE: usize = 4096;
+/// The kernel's copy to user memory is much slower into a destination that is not
+/// cache-line aligned (see `reactor::read_buf`): the bytes up to the first boundary of
+/// this many bytes are read in an iovec of their own.
+const LINE: usize = 64;
+
+extern "C" {
+    /// CPython's in-place resize of a fresh bytes object (not exported by pyo3-ffi).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
+}
+
+fn out_of_memory(py: Python<'_>) -> std::io::Error {
+    PyErr::take(py);
+    std::io::Error::from(std::io::ErrorKind::OutOfMemory)
+}
+
+/// One `readv` of up to `MAX_READ` bytes: into a new bytes object of about `expect` bytes
+/// first, then into the loop's shared buffer. Returns what arrived as one bytes object,
+/// `None` at end of file.
+fn read_direct<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    loop_: &Py<LoopCore>,
+    expect: usize,
+) -> std::io::Result<Option<Bound<'py, PyBytes>>> {
+    let mut shared = loop_.get().read_buf.borrow_mut(py);
+    let size = expect.next_multiple_of(PAGE).min(MAX_READ);
+    let spill = shared.len().min(MAX_READ - size);
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised bytes
+    // object of n bytes (or NULL on memory error) that nothing else has seen yet, so
+    // writing into it and resizing it in place are allowed. The iovecs cover that
+    // object's `size` bytes and the first `spill` bytes of the shared buffer, which we
+    // borrow exclusively; the kernel writes at most their total. Every path releases or
+    // hands over the reference exactly once. The GIL is held.
+    unsafe {
+        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), size as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(out_of_memory(py));
+        }
+        let start = ffi::PyBytes_AsString(obj) as *mut u8;
+        let head = start.align_offset(LINE).min(size);
+        let iov = [
+            libc::iovec {
+                iov_base: start.cast(),
+                iov_len: head,
+            },
+            libc::iovec {
+                iov_base: start.add(head).cast(),
+                iov_len: size - head,
+            },
+            libc::iovec {
+                iov_base: shared.as_mut_ptr().cast(),
+                iov_len: spill,
+            },
+        ];
+        let first = if head == 0 { 1 } else { 0 };
+        let n = match readv_raw(fd, &iov[first..]) {
+            Ok(n) => n,
+            Err(e) => {
+                ffi::Py_DECREF(obj);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            ffi::Py_DECREF(obj);
+            return Ok(None);
+        }
+        if n != size {
+            // Shrinks in place; grows (rarely: more arrived than last time) by moving.
+            if _PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) < 0 {
+                // The failed resize already released the object.
+                return Err(out_of_memory(py));
+            }
+            if n > size {
+                let dst = (ffi::PyBytes_AsString(obj) as *mut u8).add(size);
+                std::ptr::copy_nonoverlapping(shared.as_slice().as_ptr(), dst, n - size);
+            }
+        }
+        Ok(Some(Bound::from_owned_ptr(py, obj).cast_into_unchecked()))
+    }
 }
 
 /// Reads into the loop's shared buffer and copies out what arrived. `None` at end of file.
@@ -89,6 +185,18 @@ fn set_nonblocking(fd: RawFd) -> PyResult<()> {
         syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK)).map_err(io_to_pyerr)?;
     }
     Ok(())
+}
+
+/// What asyncio's read pipe transport does not report as a fatal error but in debug
+/// mode: EIO, what a pty master reads once its slave side is closed.
+fn is_eio(value: &Bound<'_, PyAny>) -> bool {
+    value.is_instance_of::<PyOSError>()
+        && value
+            .getattr(intern!(value.py(), "errno"))
+            .and_then(|e| e.extract::<Option<i32>>())
+            .ok()
+            .flatten()
+            == Some(libc::EIO)
 }
 
 /// The file a pipe transport reads or writes: the Python object it was given, whose
@@ -123,55 +231,6 @@ fn pipe_getter(py: Python<'_>, file: &PipeFile) -> Option<Py<PyAny>> {
     file.open.then(|| file.obj.as_ref().map(|o| o.clone_ref(py))).flatten()
 }
 
-/// The exception handler's report of what a protocol callback raised in the read or
-/// write path (`method`, asyncio's transport method that would have called it), as
-/// asyncio's handle reports it; SystemExit and KeyboardInterrupt leave the loop.
-fn report_callback_error(
-    loop_: &Bound<'_, LoopCore>,
-    facade: &Bound<'_, PyAny>,
-    protocol: Option<Py<PyAny>>,
-    err: PyErr,
-    method: &str,
-) -> PyResult<()> {
-    let py = loop_.py();
-    if is_fatal(py, &err) {
-        return Err(err);
-    }
-    let ctx = PyDict::new(py);
-    ctx.set_item(
-        "message",
-        format!("Exception in callback {}.{method}()", facade.get_type().name()?),
-    )?;
-    ctx.set_item("exception", err.into_value(py))?;
-    ctx.set_item("transport", facade)?;
-    ctx.set_item("protocol", protocol)?;
-    loop_
-        .call_method1(intern!(py, "call_exception_handler"), (ctx,))
-        .map(drop)
-}
-
-/// `logger.debug("%r: %s", transport, message, exc_info=...)`, as `_fatal_error` logs
-/// the errors it does not hand to the exception handler.
-fn log_fatal_debug(facade: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-    let py = facade.py();
-    let kwargs = PyDict::new(py);
-    let info = PyTuple::new(
-        py,
-        [
-            value.get_type().into_any(),
-            value.clone(),
-            value.getattr("__traceback__")?,
-        ],
-    )?;
-    kwargs.set_item("exc_info", info)?;
-    py_attr!(py, "asyncio.log", "logger")?.call_method(
-        intern!(py, "debug"),
-        ("%r: %s", facade, message),
-        Some(&kwargs),
-    )?;
-    Ok(())
-}
-
 fn log(py: Python<'_>, level: &Bound<'_, pyo3::types::PyString>, msg: &str, facade: &Bound<'_, PyAny>) -> PyResult<()> {
     py_attr!(py, "asyncio.log", "logger")?.call_method1(level, (msg, facade))?;
     Ok(())
@@ -196,9 +255,6 @@ struct ReadState {
     /// The `asyncio.ReadTransport` facade that protocols see; dropped once the connection
     /// is lost (it holds this object: a cycle otherwise).
     facade: Option<Py<PyAny>>,
-    /// A copy of the context current when the transport was made: the read path runs
-    /// the protocol's callbacks in it.
-    context: Option<Py<PyAny>>,
     closing: bool,
     /// pause_reading() was called.
     paused: bool,
@@ -206,6 +262,8 @@ struct ReadState {
     reading: bool,
     /// `connection_lost` has been called (or its call is under way).
     lost: bool,
+    /// Size of the last read, to pick the read strategy.
+    last_read: usize,
 }
 
 /// asyncio's `_UnixReadPipeTransport`.
@@ -254,10 +312,7 @@ impl ReadPipeTransport {
             st.reading = on;
         }
         if on {
-            match loop_
-                .get()
-                .watch_raw(py, this.fd, Watcher::ReadPipe(slf.clone().unbind()), true)
-            {
+            match loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), true) {
                 Ok(old) => drop(old),
                 Err(e) => {
                     this.state.borrow_mut(py).reading = false;
@@ -291,72 +346,61 @@ impl ReadPipeTransport {
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let value = exc.into_value(py).into_bound(py).into_any();
-        let eio = value.is_instance_of::<PyOSError>()
-            && value
-                .getattr(intern!(py, "errno"))
-                .and_then(|e| e.extract::<Option<i32>>())
-                .ok()
-                .flatten()
-                == Some(libc::EIO);
-        if eio {
-            if this.debug(py) {
-                log_fatal_debug(&Self::facade(slf), &value, message)?;
-            }
-        } else if let Some(loop_) = this.loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", message)?;
-            ctx.set_item("exception", &value)?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", this.protocol(py))?;
-            loop_
-                .bind(py)
-                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-        }
+        let loop_ = this.loop_of(py).map(|l| l.into_bound(py));
+        let value = fatal::report_unless(
+            loop_.as_ref(),
+            &Self::facade(slf),
+            this.protocol(py),
+            exc,
+            message,
+            is_eio,
+        )?;
         Self::close_with(slf, value)
     }
 
-    /// The fd is readable.
-    pub(crate) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// The fd is readable (asyncio's `_read_ready`). What the protocol's callbacks raise
+    /// is returned, for the loop's report.
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, context) = {
+        let loop_ = {
             let st = slf.get().state.borrow(py);
             if !st.reading || st.closing {
                 return Ok(());
             }
-            match (&st.loop_, &st.context) {
-                (Some(l), Some(c)) => (l.clone_ref(py), c.bind(py).clone()),
-                _ => return Ok(()),
+            match &st.loop_ {
+                Some(l) => l.clone_ref(py),
+                None => return Ok(()),
             }
         };
-        let _entered = Entered::enter(context)?;
         Self::read_once(slf, &loop_)
     }
 
     fn read_once(slf: &Bound<'_, Self>, loop_: &Py<LoopCore>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let got = read_shared(py, this.fd, loop_);
+        let last = this.state.borrow(py).last_read;
+        let got = if last >= DIRECT_READ {
+            read_direct(py, this.fd, loop_, last)
+        } else {
+            read_shared(py, this.fd, loop_)
+        };
         let data = match got {
             Ok(d) => d,
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Self::fatal_error(slf, io_to_pyerr(e), "Fatal read error on pipe transport"),
         };
+        this.state.borrow_mut(py).last_read = data.as_ref().map_or(0, |d| d.as_bytes().len());
         let Some(data) = data else {
             return Self::on_eof(slf, loop_.bind(py));
         };
         let callback = this.state.borrow(py).data_received.as_ref().map(|c| c.clone_ref(py));
-        let result = match callback {
+        match callback {
             Some(cb) => cb.bind(py).call1((data,)).map(drop),
             None => match this.protocol(py) {
                 Some(p) => p.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
                 None => Ok(()),
             },
-        };
-        if let Err(e) = result {
-            report_callback_error(loop_.bind(py), &Self::facade(slf), this.protocol(py), e, "_read_ready")?;
         }
-        Ok(())
     }
 
     /// End of file: `eof_received()`, then `connection_lost(None)`, each in a callback
@@ -370,10 +414,7 @@ impl ReadPipeTransport {
         this.state.borrow_mut(py).closing = true;
         Self::set_watch(slf, false)?;
         if let Some(p) = this.protocol(py) {
-            match p.bind(py).getattr(intern!(py, "eof_received")) {
-                Ok(eof_received) => call_soon(loop_, &eof_received, &[])?,
-                Err(e) => report_callback_error(loop_, &Self::facade(slf), Some(p), e, "_read_ready")?,
-            }
+            call_soon(loop_, &p.bind(py).getattr(intern!(py, "eof_received"))?, &[])?;
         }
         call_soon(
             loop_,
@@ -394,6 +435,21 @@ impl ReadPipeTransport {
             )
         };
         drop(old);
+    }
+}
+
+impl Native for ReadPipeTransport {
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    /// Never watched for writing.
+    fn on_writable(_slf: &Bound<'_, Self>) -> PyResult<()> {
+        Ok(())
+    }
+
+    fn callback_name(_py: Python<'_>, _readable: bool) -> &'static str {
+        "_read_ready"
     }
 }
 
@@ -436,12 +492,16 @@ impl ReadPipeTransport {
                     st.protocol.take(),
                     st.data_received.take(),
                     st.facade.take(),
-                    st.context.take(),
                 ),
             )
         };
         drop(taken);
         result.and(closed)
+    }
+
+    /// The read path, as asyncio's reader handle calls it.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -567,7 +627,6 @@ impl ReadPipeTransport {
             visit.call(&st.protocol)?;
             visit.call(&st.data_received)?;
             visit.call(&st.facade)?;
-            visit.call(&st.context)?;
         }
         Ok(())
     }
@@ -579,7 +638,6 @@ impl ReadPipeTransport {
                 st.protocol.take(),
                 st.data_received.take(),
                 st.facade.take(),
-                st.context.take(),
             )
         });
         drop(taken);
@@ -597,13 +655,8 @@ struct WriteState {
     /// The `asyncio.WriteTransport` facade that protocols see; dropped once the
     /// connection is lost.
     facade: Option<Py<PyAny>>,
-    /// A copy of the context current when the transport was made: the write path runs
-    /// the protocol's callbacks in it.
-    context: Option<Py<PyAny>>,
     buffer: WriteBuffer,
-    high: usize,
-    low: usize,
-    protocol_paused: bool,
+    flow: FlowControl,
     /// close(), write_eof(), abort() or an error: nothing more is written.
     closing: bool,
     /// Writes attempted after the transport failed or closed, plus one per failure.
@@ -660,10 +713,7 @@ impl WritePipeTransport {
             *flag = on;
         }
         if on {
-            match loop_
-                .get()
-                .watch_raw(py, this.fd, Watcher::WritePipe(slf.clone().unbind()), read)
-            {
+            match loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read) {
                 Ok(old) => drop(old),
                 Err(e) => {
                     let mut st = this.state.borrow_mut(py);
@@ -712,21 +762,8 @@ impl WritePipeTransport {
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let value = exc.into_value(py).into_bound(py).into_any();
-        if value.is_instance_of::<PyOSError>() {
-            if this.debug(py) {
-                log_fatal_debug(&Self::facade(slf), &value, message)?;
-            }
-        } else if let Some(loop_) = this.loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", message)?;
-            ctx.set_item("exception", &value)?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", this.protocol(py))?;
-            loop_
-                .bind(py)
-                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-        }
+        let loop_ = this.loop_of(py).map(|l| l.into_bound(py));
+        let value = fatal::report(loop_.as_ref(), &Self::facade(slf), this.protocol(py), exc, message)?;
         Self::close_with(slf, value)
     }
 
@@ -734,10 +771,10 @@ impl WritePipeTransport {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.buffer.size <= st.high || st.protocol_paused {
+            let size = st.buffer.size();
+            if !st.flow.pause(size) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
@@ -750,10 +787,10 @@ impl WritePipeTransport {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused || st.buffer.size > st.low {
+            let size = st.buffer.size();
+            if !st.flow.resume(size) {
                 return Ok(());
             }
-            st.protocol_paused = false;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
@@ -763,40 +800,19 @@ impl WritePipeTransport {
     }
 
     fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-        let py = slf.py();
-        let Err(e) = protocol.call_method0(method) else {
-            return Ok(());
-        };
-        if is_fatal(py, &e) {
-            return Err(e);
-        }
-        if let Some(loop_) = slf.get().loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", format!("protocol.{method}() failed"))?;
-            ctx.set_item("exception", e.into_value(py))?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item("protocol", protocol)?;
-            loop_
-                .bind(py)
-                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-        }
-        Ok(())
+        let loop_ = slf.get().loop_of(slf.py()).map(|l| l.into_bound(slf.py()));
+        flow::call_protocol(loop_.as_ref(), &Self::facade(slf), protocol, method)
     }
 
     /// The fd is readable: its reader is gone (asyncio's `_read_ready`).
-    pub(crate) fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
+    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let context = {
+        {
             let st = slf.get().state.borrow(py);
-            if !st.reading {
+            if !st.reading || st.loop_.is_none() {
                 return Ok(());
             }
-            match &st.context {
-                Some(c) => c.bind(py).clone(),
-                None => return Ok(()),
-            }
-        };
-        let _entered = Entered::enter(context)?;
+        }
         if slf.get().debug(py) {
             log(py, intern!(py, "info"), "%r was closed by peer", &Self::facade(slf))?;
         }
@@ -809,24 +825,16 @@ impl WritePipeTransport {
         Self::close_with(slf, exc)
     }
 
-    /// The fd is writable and data is queued.
-    pub(crate) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (loop_, context) = {
-            let st = slf.get().state.borrow(py);
-            if !st.writing || st.buffer.is_empty() {
+    /// The fd is writable and data is queued (asyncio's `_write_ready`). What the
+    /// protocol's callbacks raise is returned, for the loop's report.
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        {
+            let st = slf.get().state.borrow(slf.py());
+            if !st.writing || st.buffer.is_empty() || st.loop_.is_none() {
                 return Ok(());
             }
-            match (&st.loop_, &st.context) {
-                (Some(l), Some(c)) => (l.bind(py).clone(), c.bind(py).clone()),
-                _ => return Ok(()),
-            }
-        };
-        let _entered = Entered::enter(context)?;
-        if let Err(e) = Self::flush(slf) {
-            report_callback_error(&loop_, &Self::facade(slf), slf.get().protocol(py), e, "_write_ready")?;
         }
-        Ok(())
+        Self::flush(slf)
     }
 
     /// asyncio's `_write_ready`. An error is what a protocol callback raised.
@@ -900,13 +908,31 @@ impl WritePipeTransport {
                     st.loop_.take(),
                     st.protocol.take(),
                     st.facade.take(),
-                    st.context.take(),
                     std::mem::take(&mut st.buffer),
                 ),
             )
         };
         drop(taken);
         result.and(closed)
+    }
+}
+
+impl Native for WritePipeTransport {
+    /// Readable: the reader is gone.
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::reader_gone(slf)
+    }
+
+    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    fn callback_name(_py: Python<'_>, readable: bool) -> &'static str {
+        if readable {
+            "_read_ready"
+        } else {
+            "_write_ready"
+        }
     }
 }
 
@@ -925,6 +951,16 @@ impl WritePipeTransport {
         Self::call_connection_lost(slf, exc.clone())
     }
 
+    /// The reader-gone path, as asyncio's reader handle calls it.
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::reader_gone(slf)
+    }
+
+    /// The write path, as asyncio's writer handle calls it.
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -940,14 +976,10 @@ impl WritePipeTransport {
         let queued_before = {
             let mut st = this.state.borrow_mut(py);
             if st.conn_lost > 0 || st.closing {
-                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost += 1;
+                let warn = fatal::count_lost_write(&mut st.conn_lost);
                 drop(st);
                 if warn {
-                    py_attr!(py, "asyncio.log", "logger")?.call_method1(
-                        intern!(py, "warning"),
-                        ("pipe closed by peer or os.write(pipe, data) raised exception.",),
-                    )?;
+                    fatal::warn_lost_write(py, LOST_WRITE_WARNING)?;
                 }
                 return Ok(());
             }
@@ -1032,12 +1064,11 @@ impl WritePipeTransport {
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).buffer.size
+        self.state.borrow(py).buffer.size()
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        (st.low, st.high)
+        self.state.borrow(py).flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -1046,31 +1077,8 @@ impl WritePipeTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = high.filter(|h| !h.is_none());
-        let low = low.filter(|l| !l.is_none());
-        let (high_v, low_v): (i64, i64) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH as i64, DEFAULT_HIGH as i64 / 4),
-            (None, Some(l)) => {
-                let l: i64 = l.extract()?;
-                (4 * l, l)
-            }
-            (Some(h), None) => {
-                let h: i64 = h.extract()?;
-                (h, h.div_euclid(4))
-            }
-            (Some(h), Some(l)) => (h.extract()?, l.extract()?),
-        };
-        if !(high_v >= low_v && low_v >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high_v}) must be >= low ({low_v}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            st.high = high_v as usize;
-            st.low = low_v as usize;
-        }
+        let limits = flow::parse_limits(high, low)?;
+        slf.get().state.borrow_mut(slf.py()).flow.set_limits(limits);
         Self::maybe_pause_protocol(slf)
     }
 
@@ -1119,7 +1127,7 @@ impl WritePipeTransport {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.paused()
     }
 
     /// The words of the transport's repr after its class name, as asyncio's.
@@ -1138,7 +1146,7 @@ impl WritePipeTransport {
             .is_some_and(|l| !l.get().state.borrow(py).closed_flag());
         if st.file.open && loop_open {
             info.push(if st.writing { "polling" } else { "idle" }.to_string());
-            info.push(format!("bufsize={}", st.buffer.size));
+            info.push(format!("bufsize={}", st.buffer.size()));
         } else if st.file.open {
             info.push("open".to_string());
         } else {
@@ -1153,7 +1161,6 @@ impl WritePipeTransport {
             visit.call(&st.file.obj)?;
             visit.call(&st.protocol)?;
             visit.call(&st.facade)?;
-            visit.call(&st.context)?;
         }
         Ok(())
     }
@@ -1162,7 +1169,7 @@ impl WritePipeTransport {
         let taken = self
             .state
             .try_borrow_mut()
-            .map(|mut st| (st.loop_.take(), st.protocol.take(), st.facade.take(), st.context.take()));
+            .map(|mut st| (st.loop_.take(), st.protocol.take(), st.facade.take()));
         drop(taken);
     }
 }
@@ -1226,12 +1233,6 @@ fn schedule_start<'py>(
     Ok(())
 }
 
-fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    // SAFETY: the GIL is held; PyContext_CopyCurrent returns a new reference or NULL
-    // with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
-}
-
 /// A read pipe transport over `fd` (asyncio's `_UnixReadPipeTransport.__init__`): the
 /// facade protocols see. `pipe` is the object `fd` belongs to, closed with the transport
 /// and given as `get_extra_info('pipe')`; without one, the transport owns `fd` and
@@ -1259,11 +1260,11 @@ pub(crate) fn read_pipe_transport<'py>(
             protocol: None,
             data_received: None,
             facade: Some(facade.clone().unbind()),
-            context: Some(copy_context(py)?.unbind()),
             closing: false,
             paused: false,
             reading: false,
             lost: false,
+            last_read: 0,
         }),
     };
     t.install_protocol(protocol);
@@ -1306,11 +1307,8 @@ pub(crate) fn write_pipe_transport<'py>(
             },
             protocol: Some(protocol.clone().unbind()),
             facade: Some(facade.clone().unbind()),
-            context: Some(copy_context(py)?.unbind()),
             buffer: WriteBuffer::default(),
-            high: DEFAULT_HIGH,
-            low: DEFAULT_HIGH / 4,
-            protocol_paused: false,
+            flow: FlowControl::default(),
             closing: false,
             conn_lost: 0,
             reading: false,

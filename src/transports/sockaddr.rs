@@ -31,9 +31,7 @@ pub(crate) fn sockaddr_to_py<'py>(
             // SAFETY: the kernel wrote an AF_INET address, and sockaddr_storage is
             // large and aligned enough for a sockaddr_in.
             let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            // inet_ntop's dotted quad (which glibc makes with sprintf).
-            let o = a.sin_addr.s_addr.to_ne_bytes();
-            let host = PyString::new(py, &format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])).into_any();
+            let host = PyString::new(py, &ipv4_text(a)).into_any();
             let port = u16::from_be(a.sin_port) as i32;
             Ok(Some(
                 PyTuple::new(py, [host, port.into_pyobject(py)?.into_any()])?.into_any(),
@@ -42,11 +40,7 @@ pub(crate) fn sockaddr_to_py<'py>(
         libc::AF_INET6 => {
             // SAFETY: as above, for a sockaddr_in6.
             let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
-            let host = ntop(
-                py,
-                libc::AF_INET6,
-                &a.sin6_addr as *const libc::in6_addr as *const libc::c_void,
-            )?;
+            let host = PyString::new(py, &ipv6_text(a).map_err(io_to_pyerr)?).into_any();
             let port = u16::from_be(a.sin6_port) as i32;
             let items = [
                 host,
@@ -57,29 +51,76 @@ pub(crate) fn sockaddr_to_py<'py>(
             Ok(Some(PyTuple::new(py, items)?.into_any()))
         }
         libc::AF_UNIX => {
-            // SAFETY: as above, for a sockaddr_un.
-            let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_un) };
-            let path_at = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-            let path: &[u8] =
-                // SAFETY: sun_path is an array of c_char, the same size as u8.
-                unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr() as *const u8, a.sun_path.len()) };
-            let n = (len as usize).saturating_sub(path_at).min(path.len());
-            if n > 0 && path[0] == 0 {
+            let path = match unix_name(ss, len) {
                 // Linux's abstract namespace: the name's bytes, as bytes.
-                return Ok(Some(PyBytes::new(py, &path[..n]).into_any()));
-            }
-            // A path: up to its terminating NUL (the storage was zeroed), decoded with
-            // the file system encoding.
-            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-            // SAFETY: `path[..end]` is readable memory; the GIL is held.
+                UnixName::Abstract(name) => return Ok(Some(PyBytes::new(py, name).into_any())),
+                UnixName::Path(path) => path,
+            };
+            // A path, decoded with the file system encoding.
+            // SAFETY: `path` is readable memory; the GIL is held.
             let s = unsafe {
-                ffi::PyUnicode_DecodeFSDefaultAndSize(path.as_ptr() as *const libc::c_char, end as ffi::Py_ssize_t)
+                ffi::PyUnicode_DecodeFSDefaultAndSize(
+                    path.as_ptr() as *const libc::c_char,
+                    path.len() as ffi::Py_ssize_t,
+                )
             };
             // SAFETY: a new reference or NULL with an exception set.
             Ok(Some(unsafe { Bound::from_owned_ptr_or_err(py, s)? }))
         }
         _ => Ok(None),
     }
+}
+
+/// The text form of an IPv4 address: inet_ntop's dotted quad (which glibc makes with
+/// sprintf).
+pub(crate) fn ipv4_text(a: &libc::sockaddr_in) -> String {
+    let o = a.sin_addr.s_addr.to_ne_bytes();
+    format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3])
+}
+
+/// The text form of an IPv6 address, as the socket module makes it (inet_ntop).
+pub(crate) fn ipv6_text(a: &libc::sockaddr_in6) -> std::io::Result<String> {
+    let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: sin6_addr is an AF_INET6 address; buf has room for the longest text form
+    // (INET6_ADDRSTRLEN is 46).
+    let r = unsafe {
+        inet_ntop(
+            libc::AF_INET6,
+            &a.sin6_addr as *const libc::in6_addr as *const libc::c_void,
+            buf.as_mut_ptr(),
+            buf.len() as libc::socklen_t,
+        )
+    };
+    if r.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: inet_ntop wrote a NUL-terminated ASCII string into buf.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(text.to_string_lossy().into_owned())
+}
+
+/// The name in a Unix socket address the kernel wrote `len` bytes of (into zeroed
+/// storage).
+pub(crate) enum UnixName<'a> {
+    /// Linux's abstract namespace (a leading NUL): every byte of the name.
+    Abstract(&'a [u8]),
+    /// A path: its bytes up to the terminating NUL.
+    Path(&'a [u8]),
+}
+
+pub(crate) fn unix_name(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> UnixName<'_> {
+    // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_un.
+    let a = unsafe { &*(ss as *const libc::sockaddr_storage as *const libc::sockaddr_un) };
+    let path_at = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let path: &[u8] =
+        // SAFETY: sun_path is an array of c_char, the same size as u8.
+        unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr() as *const u8, a.sun_path.len()) };
+    let n = (len as usize).saturating_sub(path_at).min(path.len());
+    if n > 0 && path[0] == 0 {
+        return UnixName::Abstract(&path[..n]);
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    UnixName::Path(&path[..end])
 }
 
 extern "C" {
@@ -92,20 +133,6 @@ extern "C" {
         dst: *mut libc::c_char,
         size: libc::socklen_t,
     ) -> *const libc::c_char;
-}
-
-/// `inet_ntop` into a str, as the socket module formats IPv6 addresses.
-fn ntop<'py>(py: Python<'py>, family: libc::c_int, addr: *const libc::c_void) -> PyResult<Bound<'py, PyAny>> {
-    let mut buf = [0 as libc::c_char; 64];
-    // SAFETY: addr points at an address of `family`; buf has room for the longest text
-    // form of either family (INET6_ADDRSTRLEN is 46).
-    let r = unsafe { inet_ntop(family, addr, buf.as_mut_ptr(), buf.len() as libc::socklen_t) };
-    if r.is_null() {
-        return Err(io_to_pyerr(std::io::Error::last_os_error()));
-    }
-    // SAFETY: inet_ntop wrote a NUL-terminated ASCII string into buf.
-    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Ok(PyString::new(py, &text.to_string_lossy()).into_any())
 }
 
 /// `getsockname()` / `getpeername()` of `sock`, `None` if the call fails, as asyncio's
@@ -193,7 +220,6 @@ fn int_in(obj: &Bound<'_, PyAny>, lo: i64, hi: i64) -> Option<i64> {
 /// exact `str`), or a Unix path as an exact `str` or `bytes`. `None` for anything else,
 /// which must then go through the socket object (that may resolve a name, or raise).
 pub(crate) fn py_to_sockaddr(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Option<SockAddr> {
-    let mut out = SockAddr::zeroed();
     match family {
         libc::AF_INET => {
             let t = addr.cast_exact::<PyTuple>().ok()?;
@@ -202,23 +228,7 @@ pub(crate) fn py_to_sockaddr(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Op
             }
             let host = ascii_host(&t.get_item(0).ok()?)?;
             let port = int_in(&t.get_item(1).ok()?, 0, 0xffff)?;
-            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
-            let sin = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
-            // SAFETY: `host` is NUL-terminated and sin_addr is writable memory of the
-            // size AF_INET needs.
-            let ok = unsafe {
-                inet_pton(
-                    libc::AF_INET,
-                    host.as_ptr(),
-                    &mut sin.sin_addr as *mut libc::in_addr as *mut libc::c_void,
-                )
-            };
-            if ok != 1 {
-                return None; // "", "<broadcast>" or a name: the socket module's
-            }
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = (port as u16).to_be();
-            out.len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            inet_sockaddr(&host, port as u16)
         }
         libc::AF_INET6 => {
             let t = addr.cast_exact::<PyTuple>().ok()?;
@@ -238,24 +248,7 @@ pub(crate) fn py_to_sockaddr(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Op
                 4 => int_in(&t.get_item(3).ok()?, 0, u32::MAX as i64)?,
                 _ => 0,
             };
-            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
-            // SAFETY: as above, for an AF_INET6 address.
-            let ok = unsafe {
-                inet_pton(
-                    libc::AF_INET6,
-                    host.as_ptr(),
-                    &mut sin6.sin6_addr as *mut libc::in6_addr as *mut libc::c_void,
-                )
-            };
-            if ok != 1 {
-                return None;
-            }
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = (port as u16).to_be();
-            sin6.sin6_flowinfo = (flowinfo as u32).to_be();
-            sin6.sin6_scope_id = scope_id as u32;
-            out.len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            inet6_sockaddr(&host, port as u16, flowinfo as u32, scope_id as u32)
         }
         libc::AF_UNIX => {
             let encoded;
@@ -275,20 +268,75 @@ pub(crate) fn py_to_sockaddr(family: libc::c_int, addr: &Bound<'_, PyAny>) -> Op
             } else {
                 return None;
             };
-            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_un.
-            let sun = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_un) };
-            // A path needs room for its NUL; an abstract name (leading NUL) does not.
-            let abstract_name = path.first() == Some(&0);
-            if path.len() > sun.sun_path.len() || (!abstract_name && path.len() == sun.sun_path.len()) {
-                return None; // "AF_UNIX path too long", from the socket module
-            }
-            for (d, s) in sun.sun_path.iter_mut().zip(path) {
-                *d = *s as libc::c_char;
-            }
-            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            out.len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + path.len()) as libc::socklen_t;
+            unix_sockaddr(path)
         }
-        _ => return None,
+        _ => None,
     }
+}
+
+/// An IPv4 address from its numeric text form (`None` for anything inet_pton refuses:
+/// "", "<broadcast>" or a name, which the socket module converts).
+pub(crate) fn inet_sockaddr(host: &std::ffi::CStr, port: u16) -> Option<SockAddr> {
+    let mut out = SockAddr::zeroed();
+    // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in.
+    let sin = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+    // SAFETY: `host` is NUL-terminated and sin_addr is writable memory of the size
+    // AF_INET needs.
+    let ok = unsafe {
+        inet_pton(
+            libc::AF_INET,
+            host.as_ptr(),
+            &mut sin.sin_addr as *mut libc::in_addr as *mut libc::c_void,
+        )
+    };
+    if ok != 1 {
+        return None;
+    }
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = port.to_be();
+    out.len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    Some(out)
+}
+
+/// An IPv6 address from its numeric text form, as `inet_sockaddr`.
+pub(crate) fn inet6_sockaddr(host: &std::ffi::CStr, port: u16, flowinfo: u32, scope_id: u32) -> Option<SockAddr> {
+    let mut out = SockAddr::zeroed();
+    // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in6.
+    let sin6 = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+    // SAFETY: as above, for an AF_INET6 address.
+    let ok = unsafe {
+        inet_pton(
+            libc::AF_INET6,
+            host.as_ptr(),
+            &mut sin6.sin6_addr as *mut libc::in6_addr as *mut libc::c_void,
+        )
+    };
+    if ok != 1 {
+        return None;
+    }
+    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sin6.sin6_port = port.to_be();
+    sin6.sin6_flowinfo = flowinfo.to_be();
+    sin6.sin6_scope_id = scope_id;
+    out.len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    Some(out)
+}
+
+/// A Unix socket address for a path or (leading NUL) an abstract name, as bytes;
+/// `None` when it does not fit ("AF_UNIX path too long", from the socket module).
+pub(crate) fn unix_sockaddr(path: &[u8]) -> Option<SockAddr> {
+    let mut out = SockAddr::zeroed();
+    // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_un.
+    let sun = unsafe { &mut *(&mut out.storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_un) };
+    // A path needs room for its NUL; an abstract name (leading NUL) does not.
+    let abstract_name = path.first() == Some(&0);
+    if path.len() > sun.sun_path.len() || (!abstract_name && path.len() == sun.sun_path.len()) {
+        return None;
+    }
+    for (d, s) in sun.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    out.len = (std::mem::offset_of!(libc::sockaddr_un, sun_path) + path.len()) as libc::socklen_t;
     Some(out)
 }

@@ -12,13 +12,16 @@
 //! transport's socket. Its one hook here is asyncio's empty waiter: `_make_empty_waiter()`
 //! gives a future done once the write queue is empty (failed by a write error or a lost
 //! connection), and until `_reset_empty_waiter()` writes are refused. The write queue
-//! (`WriteBuffer`) is shared with the pipe transports.
+//! (`write_queue.rs`) is shared with the write pipe transport.
 //!
 //! The object handed to protocols is a thin Python facade (`ferroloop._transports`),
 //! a subclass of `asyncio.Transport` whose hot methods are slots holding this
 //! object's bound methods.
+//!
+//! The write queue is `write_queue.rs`; flow control (`flow.rs`), asyncio's fatal-error
+//! report and the count of writes after the connection was lost (`fatal.rs`) are shared
+//! with the datagram transport.
 
-use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
@@ -26,138 +29,23 @@ use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 
-use crate::event_loop::{LoopCore, Watcher};
+use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
+use crate::transports::fatal;
+use crate::transports::flow::{self, FlowControl};
+use crate::transports::native::Native;
+use crate::transports::write_queue::{WriteBuffer, IOV_BATCH};
 
 /// Bytes read per readiness event at most (asyncio's `max_size`).
 pub(crate) const MAX_READ: usize = 256 * 1024;
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// After a read of at least this size, the next read goes straight into a new bytes
 /// object instead of through the shared buffer.
 const BULK_READ: usize = 64 * 1024;
 /// A connection whose last read reached this many bytes reads into a protocol's buffer
 /// with the bulk of the copy cache-line aligned (see `recv_cache_aligned`).
 const ALIGNED_READ: usize = 4 * 1024;
-/// Buffers handed to one `writev`.
-const IOV_BATCH: usize = 64;
-const DEFAULT_HIGH: usize = 64 * 1024;
-
-/// Writes of at least this many bytes of an immutable `bytes` are queued by reference,
-/// not copied.
-const SHARE_AT_LEAST: usize = 16 * 1024;
-
-/// One queued piece: bytes we copied, or a `bytes` object we keep a reference to.
-pub(crate) enum Chunk {
-    Owned(Vec<u8>),
-    Shared(Py<PyBytes>),
-}
-
-impl Chunk {
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        match self {
-            Chunk::Owned(v) => v,
-            // SAFETY: a bytes object is immutable and we hold a reference to it, so its
-            // buffer is valid and unchanged for as long as the chunk lives.
-            Chunk::Shared(b) => unsafe {
-                let p = b.as_ptr();
-                std::slice::from_raw_parts(ffi::PyBytes_AsString(p) as *const u8, ffi::PyBytes_Size(p) as usize)
-            },
-        }
-    }
-}
-
-/// Bytes queued for sending: whole chunks, the first one partly sent. (The pipe
-/// transport queues its writes in one too.)
-#[derive(Default)]
-pub(crate) struct WriteBuffer {
-    chunks: VecDeque<Chunk>,
-    /// Bytes of the first chunk already sent.
-    offset: usize,
-    /// Bytes queued in all, not counting `offset`.
-    pub(crate) size: usize,
-}
-
-impl WriteBuffer {
-    /// Queues `data[skip..]`; `shared` is the bytes object `data` belongs to, if any.
-    pub(crate) fn push(&mut self, data: &[u8], skip: usize, shared: Option<&Bound<'_, PyBytes>>) {
-        let rest = &data[skip..];
-        if rest.is_empty() {
-            return;
-        }
-        self.size += rest.len();
-        if let Some(b) = shared.filter(|_| rest.len() >= SHARE_AT_LEAST) {
-            if self.chunks.is_empty() {
-                self.offset = skip;
-            } else if skip != 0 {
-                // Only the first chunk may start part-way; copy instead.
-                self.chunks.push_back(Chunk::Owned(rest.to_vec()));
-                return;
-            }
-            self.chunks.push_back(Chunk::Shared(b.clone().unbind()));
-            return;
-        }
-        // Small writes join the last owned chunk, so a flush needs few iovecs. The first
-        // chunk is left alone while partly sent, so `offset` stays valid.
-        let joinable = self.chunks.len() > 1 || self.offset == 0;
-        match self.chunks.back_mut() {
-            Some(Chunk::Owned(last)) if joinable && last.len() + rest.len() <= SHARE_AT_LEAST => {
-                last.extend_from_slice(rest)
-            }
-            _ => {
-                if self.chunks.is_empty() {
-                    self.offset = 0;
-                }
-                self.chunks.push_back(Chunk::Owned(rest.to_vec()))
-            }
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.size == 0
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.chunks.clear();
-        self.offset = 0;
-        self.size = 0;
-    }
-
-    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
-        self.chunks
-            .iter()
-            .take(IOV_BATCH)
-            .enumerate()
-            .map(|(i, c)| {
-                let s = c.as_slice();
-                let start = if i == 0 { self.offset } else { 0 };
-                libc::iovec {
-                    iov_base: s[start..].as_ptr() as *mut libc::c_void,
-                    iov_len: s.len() - start,
-                }
-            })
-            .collect()
-    }
-
-    pub(crate) fn consume(&mut self, mut n: usize) {
-        self.size -= n;
-        while n > 0 {
-            let first = self.chunks.front().expect("consumed more than queued").as_slice().len();
-            let left = first - self.offset;
-            if n >= left {
-                n -= left;
-                self.chunks.pop_front();
-                self.offset = 0;
-            } else {
-                self.offset += n;
-                n = 0;
-            }
-        }
-    }
-}
-
 struct TransportState {
     loop_: Option<Py<LoopCore>>,
     /// The Python socket object; closed once the connection is lost.
@@ -172,9 +60,7 @@ struct TransportState {
     facade: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
     buffer: WriteBuffer,
-    high: usize,
-    low: usize,
-    protocol_paused: bool,
+    flow: FlowControl,
     closing: bool,
     /// write_eof() was called.
     eof: bool,
@@ -311,7 +197,7 @@ fn recv(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
 /// cache-line aligned: the bytes up to the first 64-byte boundary go in a first iovec,
 /// the rest in a second (the kernel's copy to user memory is much slower into an
 /// unaligned destination; see `reactor::read_buf`).
-fn recv_cache_aligned(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
+pub(crate) fn recv_cache_aligned(fd: RawFd, buf: *mut u8, len: usize) -> std::io::Result<usize> {
     const LINE: usize = 64;
     let head = buf.align_offset(LINE);
     if head == 0 || head >= len {
@@ -486,9 +372,7 @@ impl StreamTransport {
             *flag = on;
         }
         if on {
-            let old = loop_
-                .get()
-                .watch_raw(py, this.fd, Watcher::Transport(slf.clone().unbind()), read);
+            let old = loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read);
             match old {
                 Ok(old) => drop(old),
                 Err(e) => {
@@ -520,38 +404,9 @@ impl StreamTransport {
     fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let value = exc.into_value(py).into_bound(py).into_any();
-        if value.is_instance_of::<PyOSError>() {
-            if this.debug(py) {
-                let kwargs = PyDict::new(py);
-                let info = PyTuple::new(
-                    py,
-                    [
-                        value.get_type().into_any(),
-                        value.clone(),
-                        value.getattr("__traceback__")?,
-                    ],
-                )?;
-                kwargs.set_item("exc_info", info)?;
-                py_attr!(py, "asyncio.log", "logger")?.call_method(
-                    intern!(py, "debug"),
-                    ("%r: %s", Self::facade(slf), message),
-                    Some(&kwargs),
-                )?;
-            }
-        } else if let Some(loop_) = this.loop_of(py) {
-            let ctx = PyDict::new(py);
-            ctx.set_item("message", message)?;
-            ctx.set_item("exception", &value)?;
-            ctx.set_item("transport", Self::facade(slf))?;
-            ctx.set_item(
-                "protocol",
-                this.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py)),
-            )?;
-            loop_
-                .bind(py)
-                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-        }
+        let loop_ = this.loop_of(py).map(|l| l.into_bound(py));
+        let protocol = this.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py));
+        let value = fatal::report(loop_.as_ref(), &Self::facade(slf), protocol, exc, message)?;
         Self::force_close(slf, value)
     }
 
@@ -581,56 +436,39 @@ impl StreamTransport {
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            if st.buffer.size <= st.high || st.protocol_paused {
+            let mut st = slf.get().state.borrow_mut(py);
+            let size = st.buffer.size();
+            if !st.flow.pause(size) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        if let Some(p) = protocol {
-            Self::call_flow_control(slf, p.bind(py), "pause_writing")?;
+        match protocol {
+            Some(p) => Self::call_flow_control(slf, p.bind(py), "pause_writing"),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            if !st.protocol_paused || st.buffer.size > st.low {
+            let mut st = slf.get().state.borrow_mut(py);
+            let size = st.buffer.size();
+            if !st.flow.resume(size) {
                 return Ok(());
             }
-            st.protocol_paused = false;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        if let Some(p) = protocol {
-            Self::call_flow_control(slf, p.bind(py), "resume_writing")?;
+        match protocol {
+            Some(p) => Self::call_flow_control(slf, p.bind(py), "resume_writing"),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-        let py = slf.py();
-        if let Err(e) = protocol.call_method0(method) {
-            if is_fatal(py, &e) {
-                return Err(e);
-            }
-            if let Some(loop_) = slf.get().loop_of(py) {
-                let ctx = PyDict::new(py);
-                ctx.set_item("message", format!("protocol.{method}() failed"))?;
-                ctx.set_item("exception", e.into_value(py))?;
-                ctx.set_item("transport", Self::facade(slf))?;
-                ctx.set_item("protocol", protocol)?;
-                loop_
-                    .bind(py)
-                    .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-            }
-        }
-        Ok(())
+        let loop_ = slf.get().loop_of(slf.py()).map(|l| l.into_bound(slf.py()));
+        flow::call_protocol(loop_.as_ref(), &Self::facade(slf), protocol, method)
     }
 
     /// The socket is readable.
@@ -760,12 +598,13 @@ impl StreamTransport {
         if slf.get().debug(py) {
             Self::log_debug(slf, "%r received EOF")?;
         }
-        let keep_open = match Self::protocol_call(slf, "eof_received", ()).and_then(|r| r.is_truthy()) {
+        let keep_open = match Self::protocol_call(slf, "eof_received", ()) {
             Ok(k) => k,
             Err(e) if is_fatal(py, &e) => return Err(e),
             Err(e) => return Self::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed."),
         };
-        if keep_open {
+        // As asyncio's, a result whose truth cannot be told is an error of the read path.
+        if keep_open.is_truthy()? {
             // The protocol may still write, but nothing more can be read.
             Self::set_watch(slf, true, false)
         } else {
@@ -861,12 +700,10 @@ impl StreamTransport {
                 return Ok(());
             }
             if st.conn_lost > 0 {
-                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost += 1;
+                let warn = fatal::count_lost_write(&mut st.conn_lost);
                 drop(st);
                 if warn {
-                    py_attr!(py, "asyncio.log", "logger")?
-                        .call_method1(intern!(py, "warning"), ("socket.send() raised exception.",))?;
+                    fatal::warn_lost_write(py, fatal::LOST_SEND_WARNING)?;
                 }
                 return Ok(());
             }
@@ -980,6 +817,30 @@ impl StreamTransport {
     }
 }
 
+impl Native for StreamTransport {
+    fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    fn callback_name(py: Python<'_>, readable: bool) -> &'static str {
+        if readable {
+            "_read_ready"
+        } else if crate::pyversion::at_least(py, (3, 12, 0)) {
+            "_write_sendmsg"
+        } else {
+            "_write_ready"
+        }
+    }
+
+    fn open_facade<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
+        (!slf.get().is_closing(slf.py())).then(|| Self::facade(slf))
+    }
+}
+
 #[pymethods]
 impl StreamTransport {
     #[new]
@@ -1018,9 +879,7 @@ impl StreamTransport {
                 facade: facade.filter(|f| !f.is_none()).map(|f| f.clone().unbind()),
                 server: server.map(|s| s.clone().unbind()),
                 buffer: WriteBuffer::default(),
-                high: DEFAULT_HIGH,
-                low: DEFAULT_HIGH / 4,
-                protocol_paused: false,
+                flow: FlowControl::default(),
                 closing: false,
                 eof: false,
                 paused: false,
@@ -1047,6 +906,23 @@ impl StreamTransport {
 
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::call_connection_lost(slf, exc.clone())
+    }
+
+    /// The read path, as the loop runs it when the socket is readable (asyncio's reader
+    /// callback, named in reports of what it raises).
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf)
+    }
+
+    /// The write path, as the loop runs it when the socket is writable (asyncio 3.11's
+    /// writer callback).
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    /// The write path, under the name of asyncio's writer callback from Python 3.12.
+    fn _write_sendmsg(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -1181,12 +1057,11 @@ impl StreamTransport {
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).buffer.size
+        self.state.borrow(py).buffer.size()
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        (st.low, st.high)
+        self.state.borrow(py).flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -1195,31 +1070,8 @@ impl StreamTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = high.filter(|h| !h.is_none());
-        let low = low.filter(|l| !l.is_none());
-        let (high_v, low_v): (i64, i64) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH as i64, DEFAULT_HIGH as i64 / 4),
-            (None, Some(l)) => {
-                let l: i64 = l.extract()?;
-                (4 * l, l)
-            }
-            (Some(h), None) => {
-                let h: i64 = h.extract()?;
-                (h, h.div_euclid(4))
-            }
-            (Some(h), Some(l)) => (h.extract()?, l.extract()?),
-        };
-        if !(high_v >= low_v && low_v >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high_v}) must be >= low ({low_v}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            st.high = high_v as usize;
-            st.low = low_v as usize;
-        }
+        let limits = flow::parse_limits(high, low)?;
+        slf.get().state.borrow_mut(slf.py()).flow.set_limits(limits);
         Self::maybe_pause_protocol(slf)
     }
 
@@ -1258,7 +1110,7 @@ impl StreamTransport {
     /// Whether the protocol was told to pause writing (for `loop.sendfile()`'s fallback).
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.paused()
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -1294,7 +1146,7 @@ impl StreamTransport {
             info.push(format!(
                 "write=<{}, bufsize={}>",
                 if st.writing { "polling" } else { "idle" },
-                st.buffer.size
+                st.buffer.size()
             ));
         }
         info

@@ -78,9 +78,18 @@ MODULES = (
     "test_sslproto",
     "test_sendfile",
     "test_subprocess",
+    # From CPython 3.12 (module_available() says whether this interpreter has it).
+    "test_eager_task_factory",
+    # From CPython 3.13.
+    "test_staggered",
 )
 
 PACKAGE = "test.test_asyncio"
+
+
+def module_available(module: str) -> bool:
+    """Whether this interpreter's test_asyncio has the module (some came in later versions)."""
+    return importlib.util.find_spec(f"{PACKAGE}.{module}") is not None
 
 # Per module, the test classes CPython binds to its own loops (selectors,
 # proactor): they are dropped, and a class with the same mixins bound to the
@@ -1183,10 +1192,16 @@ def main(argv=None) -> int:
         return child_main(args)
 
     mode = args.loop or loop_mode()
-    modules = list(MODULES) if args.all or not args.modules else args.modules
+    if args.all or not args.modules:
+        modules = [m for m in MODULES if module_available(m)]
+    else:
+        modules = args.modules
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown modules {unknown}; known: {', '.join(MODULES)}")
+    missing = [m for m in modules if not module_available(m)]
+    if missing:
+        parser.error(f"this CPython's test_asyncio has no {', '.join(missing)}")
     if args.write_expected and mode != "ferroloop":
         parser.error("--write-expected needs the ferroloop loop")
     if args.write_expected and args.k:

@@ -38,6 +38,9 @@ def test_expected_failures_list_is_well_formed():
 
 @pytest.mark.parametrize("module", driver.MODULES)
 def test_cpython_module(module, conformance):
+    if not driver.module_available(module):
+        version = "%d.%d" % sys.version_info[:2]
+        pytest.skip(f"CPython {version} has no test_asyncio.{module}")
     if conformance.loop_problem:
         pytest.fail(conformance.loop_problem, pytrace=False)
     expected = driver.load_expected() if conformance.mode == "ferroloop" else None
