@@ -42,6 +42,7 @@
 use std::os::fd::RawFd;
 
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyOSError, PyValueError};
+use pyo3::ffi;
 use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::intern;
 use pyo3::prelude::*;
