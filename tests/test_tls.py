@@ -494,6 +494,82 @@ def test_writes_after_close_are_dropped(loop, server_ctx, client_ctx, caplog):
     assert [r.getMessage() for r in caplog.records].count("SSL connection is closed") == 2
 
 
+def test_closing_again_detaches_the_transport(loop, server_ctx, ca):
+    """A close() of a transport already closing (here: the peer's close_notify began the
+    shutdown) detaches it from its SSL protocol, so that a protocol keeping its transport
+    keeps no SSL protocol, SSL object or context alive (CPython's
+    test_create_connection_memory_leak); the connection still ends as before."""
+
+    class CloseAtOnce(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.write(b"bye")
+            transport.close()
+
+    refs = []
+
+    async def main():
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        refs.append(weakref.ref(ctx))
+        factory = Factory(loop, CloseAtOnce)
+        server, port = await tls_server(loop, server_ctx, factory)
+        t, p = await loop.create_connection(
+            lambda: Recorder(loop), "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+        )
+        del ctx
+        await sleep_until(lambda: p.eof)
+        assert t.is_closing()
+        assert t.get_extra_info("sslcontext") is refs[0]()
+        t.close()
+        assert t.is_closing()
+        t.write(b"")
+        with pytest.raises(TypeError, match="data: expecting a bytes-like instance, got str"):
+            t.write("text")
+        with pytest.raises(AttributeError):
+            t.write(b"late")
+        with pytest.raises(AttributeError):
+            t.get_extra_info("sslcontext")
+        t.abort()
+        t.close()
+        assert await p.lost is None
+        assert p.events == ["made", "eof", "lost"]
+        assert bytes(p.data) == b"bye"
+        refs.append(p)
+        await close_server(server)
+
+    gc.collect()
+    gc.disable()
+    try:
+        run(loop, main())
+        # Freed by reference counting, with the protocol and its transport still alive.
+        assert refs[1].transport.is_closing()
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_second_close_while_shutting_down(loop, server_ctx, client_ctx):
+    async def main():
+        factory = Factory(loop, Recorder)
+        server, port = await tls_server(loop, server_ctx, factory)
+        t, p = await loop.create_connection(
+            lambda: Recorder(loop), "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        t.write(b"x")
+        t.close()
+        t.close()  # detaches; the shutdown under way goes on
+        assert t.is_closing()
+        assert await p.lost is None
+        sp = factory.protocols[0]
+        assert await sp.lost is None
+        assert bytes(sp.data) == b"x"
+        assert sp.events == ["made", "eof", "lost"]
+        await close_server(server)
+
+    run(loop, main())
+
+
 # ---- handshakes that fail or stall ----
 
 

@@ -10,7 +10,6 @@ import asyncio
 import collections
 import collections.abc
 import errno
-import functools
 import itertools
 import os
 import socket
@@ -23,7 +22,7 @@ from ferroloop._compat import PY313, bind_error_text
 from ferroloop._core import Acceptor
 from ferroloop._resolve import _HAS_IPv6
 from ferroloop._sock import _check_ssl_socket
-from ferroloop._tls import SSLProtocol
+from ferroloop._tls import TLSServerFactory
 
 
 # asyncio.constants.ACCEPT_RETRY_DELAY: seconds before accepting again after the
@@ -312,55 +311,14 @@ class ServerMixin:
         # protocol it is given is the TLS layer's, over the user's.
         factory = protocol_factory
         if sslcontext:
-            factory = functools.partial(
-                self._tls_server_protocol,
+            factory = TLSServerFactory(
+                self,
                 protocol_factory,
                 sslcontext,
-                server,
                 ssl_handshake_timeout,
                 ssl_shutdown_timeout,
             )
         self.add_reader(sock.fileno(), Acceptor(self, sock, factory, server, backlog))
-
-    def _tls_server_protocol(
-        self, protocol_factory, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
-    ):
-        """The protocol of an accepted TLS connection: asyncio's _accept_connection2,
-        whose task waits for the handshake, as a callback of its waiter."""
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        ssl_protocol = SSLProtocol(
-            self,
-            protocol,
-            sslcontext,
-            waiter,
-            True,
-            None,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
-        )
-        waiter.add_done_callback(
-            functools.partial(self._tls_handshake_done, protocol, ssl_protocol._app_transport)
-        )
-        return ssl_protocol
-
-    def _tls_handshake_done(self, protocol, transport, waiter) -> None:
-        if waiter.cancelled():
-            exc = asyncio.CancelledError()
-        else:
-            exc = waiter.exception()
-            if exc is None:
-                return  # it is up to the protocol now
-        transport.close()
-        if self.get_debug():
-            self.call_exception_handler(
-                {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                    "protocol": protocol,
-                    "transport": transport,
-                }
-            )
 
     def _retry_serving(self, protocol_factory, sock, server, backlog) -> None:
         # The accept retry timer: serve again unless the server closed the socket

@@ -26,6 +26,7 @@ is made.
 from __future__ import annotations
 
 import asyncio
+import sys
 import warnings
 from asyncio.constants import _SendfileMode
 
@@ -198,6 +199,20 @@ class DatagramSocketTransport(asyncio.Transport, asyncio.DatagramTransport):
         self._core.set_write_buffer_limits(high, low)
 
 
+# asyncio's ``_SSLProtocolTransport._force_close`` checks for a detached transport from
+# 3.13 on; before, it raises AttributeError.
+_FORCE_CLOSE_DETACHED_RAISES = sys.version_info < (3, 13)
+
+
+def _detached_ssl_write(data) -> None:
+    """``write`` of a TLS transport closed and detached: asyncio's checks, then its error."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data: expecting a bytes-like instance, got {type(data).__name__}")
+    if not data:
+        return
+    raise AttributeError("'NoneType' object has no attribute '_write_appdata'")
+
+
 class SSLProtocolTransport(asyncio.Transport):
     """The transport a protocol sees over TLS: asyncio's ``_SSLProtocolTransport``.
 
@@ -219,7 +234,9 @@ class SSLProtocolTransport(asyncio.Transport):
 
     @property
     def _closed(self) -> bool:
-        return self._ssl_protocol._app_closed
+        # Detached (``_ssl_protocol`` None) only once closed.
+        proto = self._ssl_protocol
+        return True if proto is None else proto._app_closed
 
     def get_extra_info(self, name, default=None):
         """Get optional transport information."""
@@ -232,11 +249,19 @@ class SSLProtocolTransport(asyncio.Transport):
         return self._ssl_protocol._app_protocol
 
     def is_closing(self) -> bool:
-        return self._ssl_protocol._app_closed
+        return self._closed
 
     def close(self) -> None:
-        """Close the transport: send close_notify once buffered data is flushed."""
-        self._ssl_protocol._app_close()
+        """Close the transport: send close_notify once buffered data is flushed.
+
+        As asyncio's: closing it again (or closing it after the connection began to
+        shut down) detaches it from the SSL protocol, so that a protocol that keeps its
+        transport keeps no SSL protocol, SSL object or context alive.
+        """
+        proto = self._ssl_protocol
+        if proto is None or not proto._app_close():
+            self._ssl_protocol = None
+            self.write = _detached_ssl_write
 
     def __del__(self, _warn=warnings.warn) -> None:
         proto = getattr(self, "_ssl_protocol", None)
@@ -288,10 +313,16 @@ class SSLProtocolTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """Close the transport at once: buffered data is lost, no close_notify."""
-        self._force_close(None)
+        proto = self._ssl_protocol
+        if proto is not None:
+            proto._app_force_close(None)
 
     def _force_close(self, exc) -> None:
-        self._ssl_protocol._app_force_close(exc)
+        proto = self._ssl_protocol
+        if proto is not None:
+            proto._app_force_close(exc)
+        elif _FORCE_CLOSE_DETACHED_RAISES:
+            raise AttributeError("'NoneType' object has no attribute '_abort'")
 
     def _test__append_write_backlog(self, data) -> None:
         self._ssl_protocol._test__append_write_backlog(data)

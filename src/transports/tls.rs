@@ -89,7 +89,12 @@ struct SslState {
     transport_write: Option<Py<PyAny>>,
     sslcontext: Py<PyAny>,
     sslobj: Py<PyAny>,
-    /// The SSL object's `read` and `write` (the C object's, when possible).
+    /// What the SSL object's methods are called on: the C object under the
+    /// `ssl.SSLObject` when the wrapper's methods are the standard ones (which only
+    /// forward to it), else the wrapper itself (`direct` false).
+    ssl_target: Py<PyAny>,
+    direct: bool,
+    /// The SSL object's `read` and `write`, bound to `ssl_target`.
     ssl_read: Py<PyAny>,
     ssl_write: Py<PyAny>,
     incoming: Py<PyAny>,
@@ -101,6 +106,11 @@ struct SslState {
     write_backlog: VecDeque<Py<PyAny>>,
     write_buffer_size: usize,
     waiter: Option<Py<PyAny>>,
+    /// For a connection a TLS server accepted (`TlsServerFactory`): its application
+    /// protocol and transport, until the handshake ends. A failed handshake closes the
+    /// transport (and is reported in debug mode), as the task of asyncio's
+    /// `_accept_connection2` does once its waiter fails.
+    accepted: Option<(Py<PyAny>, Py<PyAny>)>,
     server_side: bool,
     handshake_timeout: Py<PyAny>,
     shutdown_timeout: Py<PyAny>,
@@ -119,10 +129,41 @@ struct SslState {
     app_writing_paused: bool,
     outgoing_high: usize,
     outgoing_low: usize,
-    /// The buffer the stream transport receives ciphertext into (`MAX_SIZE` bytes; never
-    /// resized, so the memoryview over it stays valid), and that view.
-    ssl_buffer: Py<PyByteArray>,
-    ssl_buffer_view: Py<PyAny>,
+}
+
+/// The buffer stream transports receive ciphertext into (`get_buffer`), one per thread
+/// and shared by every TLS connection of that thread: `MAX_SIZE` bytes, never resized
+/// (a memoryview of it is always exported), and the writable view `get_buffer` returns.
+///
+/// Sharing it is sound because what arrives in it is copied into the connection's
+/// incoming BIO by `buffer_updated`, which the transport calls right after the read that
+/// filled it, on the same thread and with no other read in between (a thread reads one
+/// socket at a time). A connection used to allocate and zero its own 256 KiB.
+struct SharedBuffer {
+    bytes: Py<PyByteArray>,
+    view: Py<PyAny>,
+}
+
+thread_local! {
+    static SHARED_BUFFER: std::cell::OnceCell<SharedBuffer> = const { std::cell::OnceCell::new() };
+}
+
+/// This thread's receive buffer and its view, made on first use.
+fn shared_buffer(py: Python<'_>) -> PyResult<(Py<PyByteArray>, Py<PyAny>)> {
+    SHARED_BUFFER.with(|cell| {
+        if cell.get().is_none() {
+            let bytes = PyByteArray::new_with(py, MAX_SIZE, |_| Ok(()))?;
+            let view = PyMemoryView::from(bytes.as_any())?.into_any();
+            // (Should a collection during the allocation have run code that made this
+            // thread's buffer already, that one is kept and this one dropped.)
+            let _ = cell.set(SharedBuffer {
+                bytes: bytes.unbind(),
+                view: view.unbind(),
+            });
+        }
+        let b = cell.get().expect("set above");
+        Ok((b.bytes.clone_ref(py), b.view.clone_ref(py)))
+    })
 }
 
 #[pyclass(module = "ferroloop._core", name = "SSLProtocolCore", subclass, frozen, weakref)]
@@ -174,20 +215,57 @@ fn pending(bio: &Py<PyAny>, py: Python<'_>) -> PyResult<usize> {
     bio.bind(py).getattr(intern!(py, "pending"))?.extract()
 }
 
-/// `method` of the C SSL object under an `ssl.SSLObject`, when the wrapper's own method
-/// is the standard one (which only forwards); otherwise the wrapper's.
-fn fast_method<'py>(sslobj: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+/// The methods of `ssl.SSLObject` this protocol calls; each only forwards to the C object
+/// in `_sslobj` (`unwrap` as its `shutdown`).
+const SSLOBJECT_METHODS: [&str; 7] = [
+    "read",
+    "write",
+    "do_handshake",
+    "getpeercert",
+    "cipher",
+    "compression",
+    "unwrap",
+];
+
+/// The C SSL object under an `ssl.SSLObject` when the wrapper's class does not override
+/// any of `SSLOBJECT_METHODS` (true: call the C object directly); otherwise the wrapper.
+fn ssl_target<'py>(sslobj: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyAny>, bool)> {
     let py = sslobj.py();
-    let standard = py_attr!(py, "ssl", "SSLObject")?.getattr(name)?;
-    if sslobj.get_type().getattr(name)?.is(&standard) {
-        if let Ok(inner) = sslobj.getattr(intern!(py, "_sslobj")) {
-            return inner.getattr(name);
+    let standard = py_attr!(py, "ssl", "SSLObject")?;
+    let cls = sslobj.get_type();
+    let mut direct = cls.is(standard);
+    if !direct && cls.is_subclass(standard)? {
+        direct = true;
+        for name in SSLOBJECT_METHODS {
+            if !cls.getattr(name)?.is(&standard.getattr(name)?) {
+                direct = false;
+                break;
+            }
         }
     }
-    sslobj.getattr(name)
+    if direct {
+        if let Ok(inner) = sslobj.getattr(intern!(py, "_sslobj")) {
+            return Ok((inner, true));
+        }
+    }
+    Ok((sslobj.clone(), false))
 }
 
 impl SslProtocol {
+    /// `sslobj.<name>()` (`direct_name` on the C object, when it is called directly).
+    fn ssl_call0<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        direct_name: &Bound<'py, pyo3::types::PyString>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (target, direct) = {
+            let st = self.st(py);
+            (st.ssl_target.clone_ref(py).into_bound(py), st.direct)
+        };
+        target.call_method0(if direct { direct_name } else { name })
+    }
+
     fn st(&self, py: Python<'_>) -> std::cell::Ref<'_, SslState> {
         self.state.borrow(py)
     }
@@ -240,8 +318,21 @@ impl SslProtocol {
         self.st(py).state
     }
 
-    fn wakeup_waiter(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        let Some(waiter) = self.st_mut(py).waiter.take() else {
+    fn wakeup_waiter(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (waiter, accepted) = {
+            let mut st = this.st_mut(py);
+            (st.waiter.take(), st.accepted.take())
+        };
+        if let (Some((protocol, transport)), Some(e)) = (accepted, &exc) {
+            // What the waiter's done callback would do, scheduled as it would be.
+            this.loop_(py)?.call_method1(
+                intern!(py, "call_soon"),
+                (slf.getattr(intern!(py, "_accept_failed"))?, protocol, transport, e),
+            )?;
+        }
+        let Some(waiter) = waiter else {
             return Ok(());
         };
         let waiter = waiter.into_bound(py);
@@ -334,8 +425,8 @@ impl SslProtocol {
 
     fn do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let sslobj = slf.get().st(py).sslobj.clone_ref(py);
-        match sslobj.bind(py).call_method0(intern!(py, "do_handshake")) {
+        let dh = intern!(py, "do_handshake");
+        match slf.get().ssl_call0(py, dh, dh) {
             Ok(_) => Self::on_handshake_complete(slf, None),
             Err(e) if is_again(py, &e)? => Self::process_outgoing(slf),
             Err(e) if is_ssl_error(py, &e)? => Self::on_handshake_complete(slf, Some(e)),
@@ -350,9 +441,11 @@ impl SslProtocol {
         Self::cancel_handle(handle, py)?;
         let sslobj = this.st(py).sslobj.clone_ref(py).into_bound(py);
         let peercert = match handshake_exc {
-            None => this
-                .set_state(py, State::Wrapped)
-                .and_then(|_| sslobj.call_method0(intern!(py, "getpeercert"))),
+            None => this.set_state(py, State::Wrapped).and_then(|_| {
+                // The wrapper's default is binary_form=False; the C method's is the same.
+                let gp = intern!(py, "getpeercert");
+                this.ssl_call0(py, gp, gp)
+            }),
             Some(e) => Err(e),
         };
         let peercert = match peercert {
@@ -366,7 +459,7 @@ impl SslProtocol {
                 };
                 let exc = e.into_value(py).into_bound(py).into_any();
                 Self::fatal_error(slf, exc.clone(), msg)?;
-                return this.wakeup_waiter(py, Some(exc));
+                return Self::wakeup_waiter(slf, Some(exc));
             }
             Err(e) => return Err(e),
         };
@@ -380,8 +473,9 @@ impl SslProtocol {
         }
         let extra = this.st(py).extra.clone_ref(py).into_bound(py);
         extra.set_item("peercert", peercert)?;
-        extra.set_item("cipher", sslobj.call_method0(intern!(py, "cipher"))?)?;
-        extra.set_item("compression", sslobj.call_method0(intern!(py, "compression"))?)?;
+        let (ci, co) = (intern!(py, "cipher"), intern!(py, "compression"));
+        extra.set_item("cipher", this.ssl_call0(py, ci, ci)?)?;
+        extra.set_item("compression", this.ssl_call0(py, co, co)?)?;
         extra.set_item("ssl_object", &sslobj)?;
         let made = {
             let mut st = this.st_mut(py);
@@ -398,7 +492,7 @@ impl SslProtocol {
                 p.call_method1(intern!(py, "connection_made"), (app_transport,))?;
             }
         }
-        this.wakeup_waiter(py, None)?;
+        Self::wakeup_waiter(slf, None)?;
         Self::do_read(slf)
     }
 
@@ -440,14 +534,12 @@ impl SslProtocol {
     fn do_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (eof, sslobj) = {
-            let st = this.st(py);
-            (st.eof_received, st.sslobj.clone_ref(py))
-        };
+        let eof = this.st(py).eof_received;
         let result = if eof {
             Ok(())
         } else {
-            sslobj.bind(py).call_method0(intern!(py, "unwrap")).map(drop)
+            this.ssl_call0(py, intern!(py, "unwrap"), intern!(py, "shutdown"))
+                .map(drop)
         };
         match result {
             Ok(()) => {
@@ -673,7 +765,15 @@ impl SslProtocol {
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = this.st(py).ssl_read.clone_ref(py).into_bound(py);
+        let (read, target, incoming) = {
+            let st = this.st(py);
+            let target = st.direct.then(|| st.ssl_target.clone_ref(py).into_bound(py));
+            (
+                st.ssl_read.clone_ref(py).into_bound(py),
+                target,
+                st.incoming.clone_ref(py),
+            )
+        };
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
         let mut closed = false;
         loop {
@@ -684,6 +784,17 @@ impl SslProtocol {
                         break;
                     }
                     chunks.push(chunk);
+                    // With no ciphertext left in the incoming BIO and none of the current
+                    // record's plaintext left in the SSL object (`SSL_pending`; Python's
+                    // SSL objects read one record at a time, no read-ahead), the next read
+                    // could only raise SSLWantReadError: skip it (and the exception).
+                    if let Some(t) = &target {
+                        if pending(&incoming, py)? == 0
+                            && t.call_method0(intern!(py, "pending"))?.extract::<usize>()? == 0
+                        {
+                            break;
+                        }
+                    }
                 }
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -692,13 +803,8 @@ impl SslProtocol {
         let data = match chunks.len() {
             0 => None,
             1 => chunks.pop(),
-            _ => {
-                let mut all = Vec::new();
-                for c in &chunks {
-                    all.extend_from_slice(c.cast::<PyBytes>()?.as_bytes());
-                }
-                Some(PyBytes::new(py, &all).into_any())
-            }
+            // b''.join(chunks), as sslproto: one copy into the result.
+            _ => Some(PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?),
         };
         if let Some(data) = data {
             let cb = this.st(py).app_data_received.as_ref().map(|c| c.clone_ref(py));
@@ -863,7 +969,7 @@ impl SslProtocol {
         ssl_shutdown_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let py = loop_.py();
-        let constants = py.import("asyncio.constants")?;
+        let constants = py_attr!(py, "asyncio", "constants")?;
         let timeout = |value: Option<&Bound<'_, PyAny>>, name: &str, default: &str| -> PyResult<Py<PyAny>> {
             match value.filter(|v| !v.is_none()) {
                 None => Ok(constants.getattr(default)?.unbind()),
@@ -880,7 +986,7 @@ impl SslProtocol {
         };
         let handshake_timeout = timeout(ssl_handshake_timeout, "ssl_handshake_timeout", "SSL_HANDSHAKE_TIMEOUT")?;
         let shutdown_timeout = timeout(ssl_shutdown_timeout, "ssl_shutdown_timeout", "SSL_SHUTDOWN_TIMEOUT")?;
-        let ssl = py.import("ssl")?;
+        let ssl = py_attr!(py, "ferroloop._tls", "ssl")?;
         let server_hostname = server_hostname.filter(|h| !h.is_none());
         let sslcontext = match sslcontext.filter(|c| c.is_truthy().unwrap_or(true)) {
             Some(c) => c.clone(),
@@ -901,14 +1007,11 @@ impl SslProtocol {
         };
         let extra = PyDict::new(py);
         extra.set_item("sslcontext", &sslcontext)?;
-        let incoming = ssl.call_method0("MemoryBIO")?;
-        let outgoing = ssl.call_method0("MemoryBIO")?;
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("server_side", server_side)?;
-        kwargs.set_item("server_hostname", hostname)?;
-        let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
-        let ssl_buffer = PyByteArray::new_with(py, MAX_SIZE, |_| Ok(()))?;
-        let ssl_buffer_view = PyMemoryView::from(ssl_buffer.as_any())?.into_any();
+        let memory_bio = ssl.getattr(intern!(py, "MemoryBIO"))?;
+        let incoming = memory_bio.call0()?;
+        let outgoing = memory_bio.call0()?;
+        let sslobj = wrap_bio(&sslcontext, &incoming, &outgoing, server_side, hostname)?;
+        let (target, direct) = ssl_target(&sslobj)?;
         let (incoming_high, incoming_low) = flowcontrol_defaults(None, None, HIGH_WATER_SSL_READ_KB)?;
         let (outgoing_high, outgoing_low) = flowcontrol_defaults(None, None, HIGH_WATER_SSL_WRITE_KB)?;
         let proto = SslProtocol {
@@ -924,8 +1027,10 @@ impl SslProtocol {
                 app_closed: false,
                 transport: None,
                 transport_write: None,
-                ssl_read: fast_method(&sslobj, "read")?.unbind(),
-                ssl_write: fast_method(&sslobj, "write")?.unbind(),
+                ssl_read: target.getattr(intern!(py, "read"))?.unbind(),
+                ssl_write: target.getattr(intern!(py, "write"))?.unbind(),
+                ssl_target: target.unbind(),
+                direct,
                 sslcontext: sslcontext.unbind(),
                 sslobj: sslobj.unbind(),
                 incoming_write: incoming.getattr("write")?.unbind(),
@@ -936,6 +1041,7 @@ impl SslProtocol {
                 write_backlog: VecDeque::new(),
                 write_buffer_size: 0,
                 waiter: waiter.filter(|w| !w.is_none()).map(|w| w.clone().unbind()),
+                accepted: None,
                 server_side,
                 handshake_timeout,
                 shutdown_timeout,
@@ -958,8 +1064,6 @@ impl SslProtocol {
                 app_writing_paused: false,
                 outgoing_high,
                 outgoing_low,
-                ssl_buffer: ssl_buffer.unbind(),
-                ssl_buffer_view: ssl_buffer_view.unbind(),
             }),
         };
         proto._set_app_protocol(app_protocol)?;
@@ -1145,7 +1249,7 @@ impl SslProtocol {
             )
         };
         drop(taken);
-        this.wakeup_waiter(py, (!exc.is_none()).then(|| exc.clone()))?;
+        Self::wakeup_waiter(slf, (!exc.is_none()).then(|| exc.clone()))?;
         let handles = {
             let mut st = this.st_mut(py);
             (st.shutdown_timeout_handle.take(), st.handshake_timeout_handle.take())
@@ -1154,21 +1258,20 @@ impl SslProtocol {
         Self::cancel_handle(handles.1, py)
     }
 
-    fn get_buffer(&self, py: Python<'_>, _n: isize) -> Py<PyAny> {
-        self.st(py).ssl_buffer_view.clone_ref(py)
+    fn get_buffer(&self, py: Python<'_>, _n: isize) -> PyResult<Py<PyAny>> {
+        Ok(shared_buffer(py)?.1)
     }
 
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (buffer, write) = {
-            let st = this.st(py);
-            (st.ssl_buffer.clone_ref(py), st.incoming_write.clone_ref(py))
-        };
+        let write = this.st(py).incoming_write.clone_ref(py);
+        let buffer = shared_buffer(py)?.0;
         let nbytes = nbytes.min(MAX_SIZE);
-        // SAFETY: the bytearray is ours, `MAX_SIZE` bytes long and never resized; we hold
-        // a reference to it for the whole call, and MemoryBIO.write copies the bytes out
-        // before returning, so the temporary read-only view never outlives the memory.
+        // SAFETY: the bytearray is this thread's shared buffer, `MAX_SIZE` bytes long and
+        // never resized (a memoryview of it stays exported); we hold a reference to it for
+        // the whole call, and MemoryBIO.write copies the bytes out before returning, so the
+        // temporary read-only view never outlives the memory.
         let view = unsafe {
             let ptr = ffi::PyByteArray_AsString(buffer.as_ptr());
             Bound::from_owned_ptr_or_err(
@@ -1296,6 +1399,28 @@ impl SslProtocol {
         }
     }
 
+    /// A server connection's handshake failed: asyncio's `_accept_connection2` closes
+    /// the transport and, in debug mode, reports the error.
+    fn _accept_failed(
+        &self,
+        py: Python<'_>,
+        protocol: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        transport.call_method0(intern!(py, "close"))?;
+        if self.debug(py)? {
+            let ctx = PyDict::new(py);
+            ctx.set_item("message", "Error on transport creation for incoming connection")?;
+            ctx.set_item("exception", exc)?;
+            ctx.set_item("protocol", protocol)?;
+            ctx.set_item("transport", transport)?;
+            self.loop_(py)?
+                .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        }
+        Ok(())
+    }
+
     // ---- what the application transport calls ----
 
     #[pyo3(signature = (name, default=None))]
@@ -1332,16 +1457,19 @@ impl SslProtocol {
         Self::write_appdata(slf, list_of_data)
     }
 
-    fn _app_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// The application transport's `close()`: false if it was closed already (the
+    /// transport then detaches itself, as asyncio's does).
+    fn _app_close(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         {
             let mut st = slf.get().st_mut(py);
             if st.app_closed {
-                return Ok(());
+                return Ok(false);
             }
             st.app_closed = true;
         }
-        Self::start_shutdown(slf)
+        Self::start_shutdown(slf)?;
+        Ok(true)
     }
 
     /// Marks the application transport closed; true if it was open (for its `__del__`).
@@ -1448,6 +1576,7 @@ impl SslProtocol {
             visit.call(&st.transport_write)?;
             visit.call(&st.sslcontext)?;
             visit.call(&st.sslobj)?;
+            visit.call(&st.ssl_target)?;
             visit.call(&st.ssl_read)?;
             visit.call(&st.ssl_write)?;
             visit.call(&st.incoming)?;
@@ -1459,12 +1588,14 @@ impl SslProtocol {
                 visit.call(d)?;
             }
             visit.call(&st.waiter)?;
+            if let Some((p, t)) = &st.accepted {
+                visit.call(p)?;
+                visit.call(t)?;
+            }
             visit.call(&st.handshake_timeout)?;
             visit.call(&st.shutdown_timeout)?;
             visit.call(&st.handshake_timeout_handle)?;
             visit.call(&st.shutdown_timeout_handle)?;
-            visit.call(&st.ssl_buffer)?;
-            visit.call(&st.ssl_buffer_view)?;
         }
         Ok(())
     }
@@ -1482,6 +1613,7 @@ impl SslProtocol {
                 st.transport_write.take(),
                 std::mem::take(&mut st.write_backlog),
                 st.waiter.take(),
+                st.accepted.take(),
                 st.handshake_timeout_handle.take(),
                 st.shutdown_timeout_handle.take(),
             )
@@ -1490,6 +1622,108 @@ impl SslProtocol {
     }
 }
 
+/// `sslcontext.wrap_bio(incoming, outgoing, server_side=, server_hostname=)`. For a context
+/// whose `wrap_bio` and `sslobject_class` are the standard ones, what they do (the
+/// `SSLObject._create` classmethod) without their Python frames: an `SSLObject` made
+/// without `__init__`, the context's C `_wrap_bio` with it as the owner, stored as its
+/// `_sslobj`.
+fn wrap_bio<'py>(
+    sslcontext: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    outgoing: &Bound<'py, PyAny>,
+    server_side: bool,
+    hostname: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sslcontext.py();
+    let standard_ctx = py_attr!(py, "ssl", "SSLContext")?;
+    let standard_obj = py_attr!(py, "ssl", "SSLObject")?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "server_side"), server_side)?;
+    let standard = sslcontext
+        .get_type()
+        .getattr(intern!(py, "wrap_bio"))?
+        .is(&standard_ctx.getattr(intern!(py, "wrap_bio"))?)
+        && sslcontext.getattr(intern!(py, "sslobject_class"))?.is(standard_obj);
+    if !standard {
+        kwargs.set_item(intern!(py, "server_hostname"), hostname)?;
+        return sslcontext.call_method(intern!(py, "wrap_bio"), (incoming, outgoing), Some(&kwargs));
+    }
+    let hostname = match hostname {
+        Some(h) => sslcontext.call_method1(intern!(py, "_encode_hostname"), (h,))?,
+        None => py.None().into_bound(py),
+    };
+    let obj = py_attr!(py, "builtins", "object")?.call_method1(intern!(py, "__new__"), (standard_obj,))?;
+    kwargs.set_item(intern!(py, "server_hostname"), hostname)?;
+    kwargs.set_item(intern!(py, "owner"), &obj)?;
+    kwargs.set_item(intern!(py, "session"), py.None())?;
+    let c_obj = sslcontext.call_method(intern!(py, "_wrap_bio"), (incoming, outgoing), Some(&kwargs))?;
+    obj.setattr(intern!(py, "_sslobj"), c_obj)?;
+    Ok(obj)
+}
+
+/// The protocol factory of a TLS server's acceptor: the user's protocol under a server-side
+/// `ferroloop._tls.SSLProtocol` (made without its Python `__init__`, whose only work, the
+/// application transport, is done here), as asyncio's `_accept_connection2` makes them.
+#[pyclass(module = "ferroloop._core", name = "TLSServerFactory", frozen)]
+pub struct TlsServerFactory {
+    loop_: Py<PyAny>,
+    protocol_factory: Py<PyAny>,
+    sslcontext: Py<PyAny>,
+    handshake_timeout: Py<PyAny>,
+    shutdown_timeout: Py<PyAny>,
+}
+
+#[pymethods]
+impl TlsServerFactory {
+    #[new]
+    fn new(
+        loop_: Py<PyAny>,
+        protocol_factory: Py<PyAny>,
+        sslcontext: Py<PyAny>,
+        ssl_handshake_timeout: Py<PyAny>,
+        ssl_shutdown_timeout: Py<PyAny>,
+    ) -> Self {
+        TlsServerFactory {
+            loop_,
+            protocol_factory,
+            sslcontext,
+            handshake_timeout: ssl_handshake_timeout,
+            shutdown_timeout: ssl_shutdown_timeout,
+        }
+    }
+
+    fn __call__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let protocol = self.protocol_factory.bind(py).call0()?;
+        let cls = py_attr!(py, "ferroloop._tls", "SSLProtocol")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "ssl_handshake_timeout"), &self.handshake_timeout)?;
+        kwargs.set_item(intern!(py, "ssl_shutdown_timeout"), &self.shutdown_timeout)?;
+        let args = (
+            cls,
+            &self.loop_,
+            &protocol,
+            &self.sslcontext,
+            py.None(),
+            true,
+            py.None(),
+        );
+        let obj = cls.call_method(intern!(py, "__new__"), args, Some(&kwargs))?;
+        let ssl_protocol = obj.cast::<SslProtocol>()?;
+        let transport = SslProtocol::get_app_transport(ssl_protocol)?;
+        ssl_protocol.get().st_mut(py).accepted = Some((protocol.unbind(), transport.unbind()));
+        Ok(obj)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.loop_)?;
+        visit.call(&self.protocol_factory)?;
+        visit.call(&self.sslcontext)?;
+        visit.call(&self.handshake_timeout)?;
+        visit.call(&self.shutdown_timeout)
+    }
+}
+
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<SslProtocol>()
+    m.add_class::<SslProtocol>()?;
+    m.add_class::<TlsServerFactory>()
 }

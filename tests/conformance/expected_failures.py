@@ -39,12 +39,4 @@ EXPECTED_FAILURES = {
 
 # Per CPython version: entries that apply to that version alone.
 ONLY_ON = {
-    '3.12': {
-        # test_ssl
-        'test_ssl.TestSSL.test_create_connection_memory_leak': "the TLS protocol's connection_lost comes one loop iteration later than with asyncio here (3.12's wait_for returns an iteration sooner than 3.11's), so the client SSLContext is still referenced from the closing connection when the test checks for it right after run_until_complete returns; it is freed on the next iteration",
-    },
-    '3.13': {
-        # test_ssl
-        'test_ssl.TestSSL.test_create_connection_memory_leak': "the TLS protocol's connection_lost comes one loop iteration later than with asyncio here (3.12's wait_for returns an iteration sooner than 3.11's), so the client SSLContext is still referenced from the closing connection when the test checks for it right after run_until_complete returns; it is freed on the next iteration",
-    },
 }
