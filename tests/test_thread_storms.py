@@ -384,18 +384,42 @@ SIGINT_CHILD = textwrap.dedent(
         server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
         return server, server.sockets[0].getsockname()
 
+    # SIGINT raises KeyboardInterrupt, as the default handler does, but only while the
+    # loop runs: a KeyboardInterrupt can be lost where Python ignores exceptions (a
+    # finalizer, a weakref callback), so the killer sends SIGINT again until the
+    # interrupt has left run_until_complete, and a signal that comes after that must not
+    # raise in the test's own code.
+    current = [None]
+
+    def on_sigint(signum, frame):
+        if current[0] is not None and current[0].is_running():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
     interrupted = 0
     fds = []
     for r in range(rounds):
         loop = new_loop()
         server, addr = loop.run_until_complete(serve())
         delay = rng.uniform(0.005, 0.15)
-        killer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        done = threading.Event()
+
+        def kill(delay=delay, done=done):
+            time.sleep(delay)
+            while not done.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.wait(0.3)
+
+        killer = threading.Thread(target=kill, daemon=True)
+        current[0] = loop
         try:
-            killer.start()  # (the signal may come before start() returns)
+            killer.start()  # (a signal before the loop runs is ignored, and sent again)
             loop.run_until_complete(busy(loop, addr))
         except KeyboardInterrupt:
             interrupted += 1
+        current[0] = None
+        done.set()
         killer.join()
         assert not loop.is_running()
         # Reusable: a fresh connection through the same server, then everything closed.
@@ -421,7 +445,7 @@ SIGINT_CHILD = textwrap.dedent(
 
 
 def test_sigint_at_random_times_leaves_the_loop_reusable(impl, hang_guard):
-    """In a child, SIGINT (the default handler: KeyboardInterrupt) arrives at random
+    """In a child, SIGINT (raising KeyboardInterrupt while the loop runs) arrives at random
     times while the loop is busy with callbacks, timers, threadsafe posts and a
     transport: each time run_until_complete raises KeyboardInterrupt, the loop is
     still usable (a new connection is served), and it closes; the child's fds do not
