@@ -643,7 +643,7 @@ impl SslProtocol {
             let len = data.len()?;
             let mut st = this.st_mut(py);
             if count < len {
-                let rest = data.get_item(PySlice::new(py, count as isize, len as isize, 1))?;
+                let rest = data.get_item(slice_from(py, count)?)?;
                 st.write_backlog[0] = rest.unbind();
                 st.write_buffer_size -= count;
             } else {
@@ -731,7 +731,7 @@ impl SslProtocol {
             if count > 0 {
                 offset = count;
                 while offset < wants {
-                    let rest = buf.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))?;
+                    let rest = buf.get_item(slice_from(py, offset)?)?;
                     count = read.call1((wants - offset, rest))?.extract()?;
                     if count > 0 {
                         offset += count;
@@ -1726,4 +1726,11 @@ impl TlsServerFactory {
 pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SslProtocol>()?;
     m.add_class::<TlsServerFactory>()
+}
+
+/// `slice(start, None)`: what follows `start` when indexing a buffer. (PyO3's
+/// `PySlice::new` passes `PySlice_New` new references to its bounds, which that does not
+/// steal, so every int it makes for them leaks.)
+fn slice_from(py: Python<'_>, start: usize) -> PyResult<Bound<'_, PySlice>> {
+    Ok(py.get_type::<PySlice>().call1((start, py.None()))?.cast_into::<PySlice>()?)
 }
