@@ -29,6 +29,8 @@ DEFAULT_TESTS = [
     "tests/test_threads.py",
     "tests/test_transport.py",
     "tests/test_datagram.py",
+    "tests/test_pipes.py",
+    "tests/test_tls.py",
     "-k",
     "ferroloop",
 ]
