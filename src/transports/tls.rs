@@ -1732,5 +1732,8 @@ pub(crate) fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// `PySlice::new` passes `PySlice_New` new references to its bounds, which that does not
 /// steal, so every int it makes for them leaks.)
 fn slice_from(py: Python<'_>, start: usize) -> PyResult<Bound<'_, PySlice>> {
-    Ok(py.get_type::<PySlice>().call1((start, py.None()))?.cast_into::<PySlice>()?)
+    Ok(py
+        .get_type::<PySlice>()
+        .call1((start, py.None()))?
+        .cast_into::<PySlice>()?)
 }
