@@ -148,6 +148,13 @@ thread_local! {
     static SHARED_BUFFER: std::cell::OnceCell<SharedBuffer> = const { std::cell::OnceCell::new() };
 }
 
+/// A new `bytes` holding the first `len` bytes of this thread's shared buffer.
+fn copy_shared<'py>(py: Python<'py>, buffer: &Py<PyByteArray>, len: usize) -> Bound<'py, PyBytes> {
+    // SAFETY: `buffer` is the shared bytearray, `MAX_SIZE` (>= len) bytes long and never
+    // resized; no Python code runs while the slice is borrowed, so nothing can write to it.
+    unsafe { PyBytes::new(py, &buffer.bind(py).as_bytes()[..len]) }
+}
+
 /// This thread's receive buffer and its view, made on first use.
 fn shared_buffer(py: Python<'_>) -> PyResult<(Py<PyByteArray>, Py<PyAny>)> {
     SHARED_BUFFER.with(|cell| {
@@ -774,16 +781,39 @@ impl SslProtocol {
                 st.incoming.clone_ref(py),
             )
         };
+        // The plaintext is decrypted into this thread's shared buffer (its ciphertext is
+        // already in the incoming BIO) and copied out once, at its exact size. Reading
+        // each record into a `bytes` of `MAX_SIZE` made the allocator map, shrink and
+        // unmap 256 KiB per record.
+        let buffer = shared_buffer(py)?.0;
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
+        let mut filled = 0;
         let mut closed = false;
         loop {
-            match read.call1((MAX_SIZE,)) {
-                Ok(chunk) => {
-                    if chunk.len()? == 0 {
+            if filled == MAX_SIZE {
+                chunks.push(copy_shared(py, &buffer, filled).into_any());
+                filled = 0;
+            }
+            // SAFETY: the shared bytearray is `MAX_SIZE` bytes long and never resized,
+            // and we hold a reference to it; the writable view covers its bytes from
+            // `filled` to the end and is released before anything else can use them.
+            let view = unsafe {
+                let ptr = ffi::PyByteArray_AsString(buffer.as_ptr()).add(filled);
+                Bound::from_owned_ptr_or_err(
+                    py,
+                    ffi::PyMemoryView_FromMemory(ptr, (MAX_SIZE - filled) as ffi::Py_ssize_t, ffi::PyBUF_WRITE),
+                )?
+            };
+            let got = read.call1((MAX_SIZE - filled, &view));
+            view.call_method0(intern!(py, "release"))?;
+            match got {
+                Ok(count) => {
+                    let count: usize = count.extract()?;
+                    if count == 0 {
                         closed = true;
                         break;
                     }
-                    chunks.push(chunk);
+                    filled += count.min(MAX_SIZE - filled);
                     // With no ciphertext left in the incoming BIO and none of the current
                     // record's plaintext left in the SSL object (`SSL_pending`; Python's
                     // SSL objects read one record at a time, no read-ahead), the next read
@@ -799,6 +829,9 @@ impl SslProtocol {
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
             }
+        }
+        if filled > 0 {
+            chunks.push(copy_shared(py, &buffer, filled).into_any());
         }
         let data = match chunks.len() {
             0 => None,
