@@ -222,6 +222,30 @@ impl Handle {
         self.state.borrow(py).cancelled
     }
 
+    /// After the loop has run a timer: the callback and its arguments are released, as
+    /// a cancelled timer's are, since a fired timer never runs again (uvloop's timers do
+    /// the same; asyncio's keep them). Kept, they would stay reachable from the handle
+    /// for as long as anyone holds it: an object that keeps its own timer, whose
+    /// callback is one of its methods (uvicorn's keep-alive timer, stored on the
+    /// connection's protocol), would be left by every such timer in a reference cycle
+    /// with everything it holds, for the collector, whose full collections come rarely.
+    /// A timer held by the loop alone is freed right after, with all it holds.
+    pub(crate) fn release_fired_timer(slf: &Bound<'_, Handle>) {
+        // SAFETY: `slf` is live (borrowed from a reference we hold) and the GIL is held.
+        if unsafe { ffi::Py_REFCNT(slf.as_ptr()) } <= 1 {
+            return;
+        }
+        let taken = {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            if !st.is_timer {
+                return;
+            }
+            (st.callback.take(), st.args.take())
+        };
+        // Dropped here, after the borrow ends: a finaliser may re-enter the loop.
+        drop(taken);
+    }
+
     /// Runs the callback in its context. Returns `Err` only for SystemExit and
     /// KeyboardInterrupt (which stop the loop); anything else goes to the loop's
     /// exception handler.

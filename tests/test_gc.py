@@ -251,6 +251,42 @@ def test_cycle_through_a_handle_kept_after_it_ran_is_collected(loop):
     assert ref() is None
 
 
+def test_a_fired_timer_kept_by_its_owner_leaves_no_cycle(impl, loop):
+    """owner -> timer -> bound method -> owner, the timer fired: ferroloop releases the
+    callback of a timer that ran (as uvloop does), so the owner goes with its last
+    reference and the collector has nothing to do. asyncio keeps it: a cycle."""
+
+    def build():
+        owner = Owner()
+        owner.timer = loop.call_later(0, owner.callback, owner)
+        owner.soon = loop.call_soon(owner.callback)
+        return weakref.ref(owner), owner.timer, owner.soon
+
+    gc.disable()
+    try:
+        ref, timer, soon = build()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert ref() is not None  # held by the call_soon handle and the owner's cycle
+        if impl == "ferroloop":
+            assert timer._callback is None and timer._args is None
+            assert not timer.cancelled()
+            assert repr(timer).startswith("<TimerHandle when=")
+        else:
+            assert timer._callback is not None
+        # A plain handle keeps its callback once run, in both.
+        assert soon._callback is not None
+        soon.cancel()
+        del timer, soon
+        if impl == "ferroloop":
+            assert ref() is None
+        else:
+            assert ref() is not None
+    finally:
+        gc.enable()
+    collect()
+    assert ref() is None
+
+
 def test_cycle_through_a_cancelled_timer_dropped_by_the_loop_is_collected(loop):
     """The loop drops cancelled timers as it goes; one the owner keeps stays collectable."""
 

@@ -225,11 +225,13 @@ impl LoopCore {
                     if handle.get().is_cancelled(py) {
                         continue;
                     }
-                    if debug {
-                        Self::run_debug(slf, &handle)?;
+                    let ran = if debug {
+                        Self::run_debug(slf, &handle)
                     } else {
-                        Handle::run(&handle)?;
-                    }
+                        Handle::run(&handle)
+                    };
+                    Handle::release_fired_timer(&handle);
+                    ran?;
                 }
                 Ready::Native(r) => r.run(slf)?,
             }
