@@ -155,6 +155,26 @@ fn copy_shared<'py>(py: Python<'py>, buffer: &Py<PyByteArray>, len: usize) -> Bo
     unsafe { PyBytes::new(py, &buffer.bind(py).as_bytes()[..len]) }
 }
 
+/// A temporary memoryview of `len` bytes of this thread's shared buffer from `start`,
+/// writable (`PyBUF_WRITE`) or read-only (`PyBUF_READ`). The caller releases it (its
+/// `release()` method) before any other code can use those bytes.
+fn shared_view<'py>(
+    py: Python<'py>,
+    buffer: &Py<PyByteArray>,
+    start: usize,
+    len: usize,
+    flags: std::os::raw::c_int,
+) -> PyResult<Bound<'py, PyAny>> {
+    assert!(start + len <= MAX_SIZE, "a view past the end of the shared buffer");
+    // SAFETY: `buffer` is the shared bytearray, `MAX_SIZE` bytes long and never resized
+    // (a memoryview of it stays exported), and the caller holds a reference to it for as
+    // long as the view lives; the view covers `start..start + len`, within it (asserted).
+    unsafe {
+        let ptr = ffi::PyByteArray_AsString(buffer.as_ptr()).add(start);
+        Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromMemory(ptr, len as ffi::Py_ssize_t, flags))
+    }
+}
+
 /// This thread's receive buffer and its view, made on first use.
 fn shared_buffer(py: Python<'_>) -> PyResult<(Py<PyByteArray>, Py<PyAny>)> {
     SHARED_BUFFER.with(|cell| {
@@ -794,16 +814,9 @@ impl SslProtocol {
                 chunks.push(copy_shared(py, &buffer, filled).into_any());
                 filled = 0;
             }
-            // SAFETY: the shared bytearray is `MAX_SIZE` bytes long and never resized,
-            // and we hold a reference to it; the writable view covers its bytes from
-            // `filled` to the end and is released before anything else can use them.
-            let view = unsafe {
-                let ptr = ffi::PyByteArray_AsString(buffer.as_ptr()).add(filled);
-                Bound::from_owned_ptr_or_err(
-                    py,
-                    ffi::PyMemoryView_FromMemory(ptr, (MAX_SIZE - filled) as ffi::Py_ssize_t, ffi::PyBUF_WRITE),
-                )?
-            };
+            // The writable view covers the buffer from `filled` to the end; it is
+            // released before anything else can use those bytes.
+            let view = shared_view(py, &buffer, filled, MAX_SIZE - filled, ffi::PyBUF_WRITE)?;
             let got = read.call1((MAX_SIZE - filled, &view));
             view.call_method0(intern!(py, "release"))?;
             match got {
@@ -1301,17 +1314,9 @@ impl SslProtocol {
         let write = this.st(py).incoming_write.clone_ref(py);
         let buffer = shared_buffer(py)?.0;
         let nbytes = nbytes.min(MAX_SIZE);
-        // SAFETY: the bytearray is this thread's shared buffer, `MAX_SIZE` bytes long and
-        // never resized (a memoryview of it stays exported); we hold a reference to it for
-        // the whole call, and MemoryBIO.write copies the bytes out before returning, so the
-        // temporary read-only view never outlives the memory.
-        let view = unsafe {
-            let ptr = ffi::PyByteArray_AsString(buffer.as_ptr());
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyMemoryView_FromMemory(ptr, nbytes as ffi::Py_ssize_t, ffi::PyBUF_READ),
-            )?
-        };
+        // MemoryBIO.write copies the bytes out before returning, and the read-only view
+        // is released right after.
+        let view = shared_view(py, &buffer, 0, nbytes, ffi::PyBUF_READ)?;
         let written = write.bind(py).call1((&view,));
         view.call_method0(intern!(py, "release"))?;
         written?;
