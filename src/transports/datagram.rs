@@ -40,7 +40,7 @@ use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::{alloc_instance, transport_socket};
 use crate::transports::fatal;
 use crate::transports::flow::{self, FlowControl};
-use crate::transports::native::Native;
+use crate::transports::native::{self, Native, Watched};
 use crate::transports::sockaddr::{py_to_sockaddr, sockaddr_to_py, socket_name, SockAddr};
 use crate::transports::stream::{
     close_socket, io_to_pyerr, is_bytes_like, is_fatal, would_block, BufferView, MAX_READ,
@@ -215,35 +215,7 @@ impl DatagramTransport {
 
     /// Starts (`on`) or stops watching the socket for reading or writing.
     fn set_watch(slf: &Bound<'_, Self>, read: bool, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(loop_) = this.loop_of(py) else { return Ok(()) };
-        {
-            let mut st = this.state.borrow_mut(py);
-            let flag = if read { &mut st.reading } else { &mut st.writing };
-            if *flag == on {
-                return Ok(());
-            }
-            *flag = on;
-        }
-        if on {
-            let old = loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read);
-            match old {
-                Ok(old) => drop(old),
-                Err(e) => {
-                    let mut st = this.state.borrow_mut(py);
-                    if read {
-                        st.reading = false;
-                    } else {
-                        st.writing = false;
-                    }
-                    return Err(e);
-                }
-            }
-        } else {
-            drop(loop_.get().unwatch_raw(py, this.fd, read));
-        }
-        Ok(())
+        native::set_watch(slf, read, on)
     }
 
     fn call_soon(slf: &Bound<'_, Self>, callback: Bound<'_, PyAny>, arg: Bound<'_, PyAny>) -> PyResult<()> {
@@ -624,6 +596,21 @@ impl Native for DatagramTransport {
 
     fn open_facade<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
         (!slf.get().is_closing(slf.py())).then(|| Self::facade(slf))
+    }
+}
+
+impl Watched for DatagramTransport {
+    fn watched_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn watch_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.loop_of(py)
+    }
+
+    fn record_watch(&self, py: Python<'_>, read: bool, on: bool) -> bool {
+        let mut st = self.state.borrow_mut(py);
+        std::mem::replace(if read { &mut st.reading } else { &mut st.writing }, on)
     }
 }
 

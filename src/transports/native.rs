@@ -4,7 +4,9 @@
 //!
 //! A transport kind joins by implementing [`Native`] and adding a line to the
 //! `native_transports!` list below; the loop's watches, ready queue and run step hold
-//! and call [`NativeWatch`] and [`NativeReady`] without naming any kind.
+//! and call [`NativeWatch`] and [`NativeReady`] without naming any kind. Implementing
+//! [`Watched`] too gives it [`set_watch`], which every kind starts and stops its
+//! watches with.
 //!
 //! The path runs in the watch's context (`context.rs`), and is an exception boundary:
 //! whatever it raises goes to the loop's exception handler with the keys asyncio's
@@ -57,6 +59,50 @@ pub(crate) trait Native: PyClass<Frozen = True> + Sync {
     fn open_facade<'py>(_slf: &Bound<'py, Self>) -> Option<Bound<'py, PyAny>> {
         None
     }
+}
+
+/// What [`set_watch`] needs of a transport: its fd, its loop while it has one, and its
+/// record of the directions the loop watches the fd in for it.
+pub(crate) trait Watched: Native {
+    fn watched_fd(&self) -> RawFd;
+
+    fn watch_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>>;
+
+    /// Records whether the loop watches the fd for reading (`read`) or for writing;
+    /// returns what was recorded before.
+    fn record_watch(&self, py: Python<'_>, read: bool, on: bool) -> bool;
+}
+
+/// Starts (`on`) or stops the loop's watch of a transport's fd for reading (`read`) or
+/// writing. Nothing happens when the watch is already so, or once the transport has let
+/// go of its loop; a watch that cannot start is not recorded, and the error returned.
+pub(crate) fn set_watch<T: Watched>(slf: &Bound<'_, T>, read: bool, on: bool) -> PyResult<()>
+where
+    Py<T>: Into<NativeTransport>,
+{
+    let py = slf.py();
+    let this = slf.get();
+    let Some(loop_) = this.watch_loop(py) else {
+        return Ok(());
+    };
+    if this.record_watch(py, read, on) == on {
+        return Ok(());
+    }
+    if on {
+        match loop_
+            .get()
+            .watch_native(py, this.watched_fd(), slf.clone().unbind().into(), read)
+        {
+            Ok(old) => drop(old),
+            Err(e) => {
+                this.record_watch(py, read, false);
+                return Err(e);
+            }
+        }
+    } else {
+        drop(loop_.get().unwatch_raw(py, this.watched_fd(), read));
+    }
+    Ok(())
 }
 
 /// Declares the native transport kinds: one variant of [`NativeTransport`] each, and

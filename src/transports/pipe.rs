@@ -53,7 +53,7 @@ use crate::gil::{py_attr, GilCell};
 use crate::transports::accept::alloc_instance;
 use crate::transports::fatal;
 use crate::transports::flow::{self, FlowControl};
-use crate::transports::native::Native;
+use crate::transports::native::{self, Native, Watched};
 use crate::transports::stream::{io_to_pyerr, is_bytes_like, would_block, BufferView, MAX_READ};
 use crate::transports::write_queue::WriteBuffer;
 
@@ -302,28 +302,7 @@ impl ReadPipeTransport {
 
     /// Starts (`on`) or stops watching the fd for reading.
     fn set_watch(slf: &Bound<'_, Self>, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(loop_) = this.loop_of(py) else { return Ok(()) };
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.reading == on {
-                return Ok(());
-            }
-            st.reading = on;
-        }
-        if on {
-            match loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), true) {
-                Ok(old) => drop(old),
-                Err(e) => {
-                    this.state.borrow_mut(py).reading = false;
-                    return Err(e);
-                }
-            }
-        } else {
-            drop(loop_.get().unwatch_raw(py, this.fd, true));
-        }
-        Ok(())
+        native::set_watch(slf, true, on)
     }
 
     /// asyncio's `_close(exc)`: closing, no more reading, `connection_lost(exc)` soon.
@@ -451,6 +430,22 @@ impl Native for ReadPipeTransport {
 
     fn callback_name(_py: Python<'_>, _readable: bool) -> &'static str {
         "_read_ready"
+    }
+}
+
+impl Watched for ReadPipeTransport {
+    fn watched_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn watch_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.loop_of(py)
+    }
+
+    /// A read pipe is only ever watched for reading.
+    fn record_watch(&self, py: Python<'_>, read: bool, on: bool) -> bool {
+        debug_assert!(read, "a read pipe watched for writing");
+        std::mem::replace(&mut self.state.borrow_mut(py).reading, on)
     }
 }
 
@@ -702,34 +697,7 @@ impl WritePipeTransport {
 
     /// Starts (`on`) or stops watching the fd for reading (`read`) or writing.
     fn set_watch(slf: &Bound<'_, Self>, read: bool, on: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(loop_) = this.loop_of(py) else { return Ok(()) };
-        {
-            let mut st = this.state.borrow_mut(py);
-            let flag = if read { &mut st.reading } else { &mut st.writing };
-            if *flag == on {
-                return Ok(());
-            }
-            *flag = on;
-        }
-        if on {
-            match loop_.get().watch_native(py, this.fd, slf.clone().unbind().into(), read) {
-                Ok(old) => drop(old),
-                Err(e) => {
-                    let mut st = this.state.borrow_mut(py);
-                    if read {
-                        st.reading = false;
-                    } else {
-                        st.writing = false;
-                    }
-                    return Err(e);
-                }
-            }
-        } else {
-            drop(loop_.get().unwatch_raw(py, this.fd, read));
-        }
-        Ok(())
+        native::set_watch(slf, read, on)
     }
 
     /// asyncio's `_close(exc)`: closing, the queue dropped, no more watching,
@@ -934,6 +902,21 @@ impl Native for WritePipeTransport {
         } else {
             "_write_ready"
         }
+    }
+}
+
+impl Watched for WritePipeTransport {
+    fn watched_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn watch_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.loop_of(py)
+    }
+
+    fn record_watch(&self, py: Python<'_>, read: bool, on: bool) -> bool {
+        let mut st = self.state.borrow_mut(py);
+        std::mem::replace(if read { &mut st.reading } else { &mut st.writing }, on)
     }
 }
 
