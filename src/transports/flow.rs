@@ -5,7 +5,9 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
 use pyo3::types::PyDict;
+use pyo3::PyClass;
 
 use crate::event_loop::LoopCore;
 use crate::transports::stream::is_fatal;
@@ -96,6 +98,41 @@ pub(crate) fn parse_limits(
         )));
     }
     Ok((high_v as usize, low_v as usize))
+}
+
+/// What [`maybe_pause`] and [`maybe_resume`] need of a transport that queues writes.
+pub(crate) trait FlowControlled: PyClass<Frozen = True> + Sync {
+    /// Tests the queue's size against the water marks for pausing (`pause`) or for
+    /// resuming the protocol, and records the change; the protocol to tell, when the
+    /// state changed and the transport still has one.
+    fn flow_change(&self, py: Python<'_>, pause: bool) -> Option<Py<PyAny>>;
+
+    fn flow_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>>;
+
+    /// The transport object the protocol sees (for the error report's `transport` key).
+    fn flow_facade<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny>;
+}
+
+/// asyncio's `_maybe_pause_protocol`: `pause_writing()` once the queue is above the
+/// high-water mark.
+pub(crate) fn maybe_pause<T: FlowControlled>(slf: &Bound<'_, T>) -> PyResult<()> {
+    flow_step(slf, true)
+}
+
+/// asyncio's `_maybe_resume_protocol`: `resume_writing()` once a paused protocol's queue
+/// is down to the low-water mark.
+pub(crate) fn maybe_resume<T: FlowControlled>(slf: &Bound<'_, T>) -> PyResult<()> {
+    flow_step(slf, false)
+}
+
+fn flow_step<T: FlowControlled>(slf: &Bound<'_, T>, pause: bool) -> PyResult<()> {
+    let py = slf.py();
+    let Some(protocol) = slf.get().flow_change(py, pause) else {
+        return Ok(());
+    };
+    let loop_ = slf.get().flow_loop(py).map(|l| l.into_bound(py));
+    let method = if pause { "pause_writing" } else { "resume_writing" };
+    call_protocol(loop_.as_ref(), &T::flow_facade(slf), protocol.bind(py), method)
 }
 
 /// Calls the protocol's `pause_writing` or `resume_writing` (`method`). What it raises

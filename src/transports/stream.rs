@@ -34,7 +34,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 use crate::event_loop::LoopCore;
 use crate::gil::{py_attr, GilCell};
 use crate::transports::fatal;
-use crate::transports::flow::{self, FlowControl};
+use crate::transports::flow::{self, FlowControl, FlowControlled};
 use crate::transports::native::{self, Native, Watched};
 use crate::transports::write_queue::{WriteBuffer, IOV_BATCH};
 
@@ -407,40 +407,11 @@ impl StreamTransport {
     }
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            let size = st.buffer.size();
-            if !st.flow.pause(size) {
-                return Ok(());
-            }
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        match protocol {
-            Some(p) => Self::call_flow_control(slf, p.bind(py), "pause_writing"),
-            None => Ok(()),
-        }
+        flow::maybe_pause(slf)
     }
 
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            let size = st.buffer.size();
-            if !st.flow.resume(size) {
-                return Ok(());
-            }
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        match protocol {
-            Some(p) => Self::call_flow_control(slf, p.bind(py), "resume_writing"),
-            None => Ok(()),
-        }
-    }
-
-    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-        let loop_ = slf.get().loop_of(slf.py()).map(|l| l.into_bound(slf.py()));
-        flow::call_protocol(loop_.as_ref(), &Self::facade(slf), protocol, method)
+        flow::maybe_resume(slf)
     }
 
     /// The socket is readable.
@@ -825,6 +796,27 @@ impl Watched for StreamTransport {
     fn record_watch(&self, py: Python<'_>, read: bool, on: bool) -> bool {
         let mut st = self.state.borrow_mut(py);
         std::mem::replace(if read { &mut st.reading } else { &mut st.writing }, on)
+    }
+}
+
+impl FlowControlled for StreamTransport {
+    fn flow_change(&self, py: Python<'_>, pause: bool) -> Option<Py<PyAny>> {
+        let mut st = self.state.borrow_mut(py);
+        let size = st.buffer.size();
+        let changed = if pause {
+            st.flow.pause(size)
+        } else {
+            st.flow.resume(size)
+        };
+        changed.then(|| st.protocol.as_ref().map(|p| p.clone_ref(py))).flatten()
+    }
+
+    fn flow_loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.loop_of(py)
+    }
+
+    fn flow_facade<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        Self::facade(slf)
     }
 }
 
