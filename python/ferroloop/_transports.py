@@ -328,30 +328,20 @@ class SSLProtocolTransport(asyncio.Transport):
         self._ssl_protocol._test__append_write_backlog(data)
 
 
-# The read pipe transport's methods held in slots.
-_READ_PIPE_CORE_METHODS = frozenset(("is_closing", "pause_reading", "resume_reading", "is_reading"))
+class _PipeFacade:
+    """What the two pipe transports' facades share: methods of the core cached in slots
+    on first use (``_CORE_METHODS``), the repr, the unclosed-transport warning, asyncio's
+    ``_pipe`` and ``_fileno`` attributes, and the methods every transport has."""
 
-
-class ReadPipeTransport(asyncio.ReadTransport):
-    """A read transport over a pipe, FIFO, socket or character device (a pty...)."""
-
-    __slots__ = (
-        "_core",
-        "is_closing",
-        "pause_reading",
-        "resume_reading",
-        "is_reading",
-        "__weakref__",
-    )
+    __slots__ = ()
+    _CORE_METHODS: frozenset = frozenset()
+    _MADE_BY = ""
 
     def __init__(self, *args, **kwargs):
-        raise TypeError(
-            "ReadPipeTransport objects are made by the loop "
-            "(ferroloop._core.make_read_pipe_transport)"
-        )
+        raise TypeError(f"{type(self).__name__} objects are made by the loop ({self._MADE_BY})")
 
     def __getattr__(self, name):
-        if name in _READ_PIPE_CORE_METHODS:
+        if name in self._CORE_METHODS:
             method = getattr(self._core, name)
             object.__setattr__(self, name, method)
             return method
@@ -395,54 +385,30 @@ class ReadPipeTransport(asyncio.ReadTransport):
         return self._core.get_protocol()
 
 
-# The write pipe transport's methods held in slots (``write`` is filled when the
-# transport is made).
-_WRITE_PIPE_CORE_METHODS = frozenset(("write", "is_closing", "get_write_buffer_size"))
+class ReadPipeTransport(_PipeFacade, asyncio.ReadTransport):
+    """A read transport over a pipe, FIFO, socket or character device (a pty...)."""
+
+    __slots__ = (
+        "_core",
+        "is_closing",
+        "pause_reading",
+        "resume_reading",
+        "is_reading",
+        "__weakref__",
+    )
+    _CORE_METHODS = frozenset(("is_closing", "pause_reading", "resume_reading", "is_reading"))
+    _MADE_BY = "ferroloop._core.make_read_pipe_transport"
 
 
-class WritePipeTransport(asyncio.Transport):
+class WritePipeTransport(_PipeFacade, asyncio.Transport):
     """A write transport over a pipe, FIFO, socket or character device (a pty...).
 
     A ``Transport``, not only a ``WriteTransport``, as asyncio's write pipe transport is:
     its read methods (``pause_reading``...) raise ``NotImplementedError``."""
 
     __slots__ = ("_core", "write", "is_closing", "get_write_buffer_size", "__weakref__")
-
-    def __init__(self, *args, **kwargs):
-        raise TypeError(
-            "WritePipeTransport objects are made by the loop "
-            "(ferroloop._core.make_write_pipe_transport)"
-        )
-
-    def __getattr__(self, name):
-        if name in _WRITE_PIPE_CORE_METHODS:
-            method = getattr(self._core, name)
-            object.__setattr__(self, name, method)
-            return method
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __repr__(self) -> str:
-        return "<{} {}>".format(self.__class__.__name__, " ".join(self._core._repr_info()))
-
-    def __del__(self, _warn=warnings.warn) -> None:
-        core = getattr(self, "_core", None)
-        if core is not None and core._open:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core._close_pipe()
-
-    @property
-    def _pipe(self):
-        return self._core._pipe
-
-    @_pipe.setter
-    def _pipe(self, value):
-        if value is not None:
-            raise ValueError("only None can be assigned to _pipe")
-        self._core._forget_pipe()
-
-    @property
-    def _fileno(self):
-        return self._core._fileno
+    _CORE_METHODS = frozenset(("write", "is_closing", "get_write_buffer_size"))
+    _MADE_BY = "ferroloop._core.make_write_pipe_transport"
 
     @property
     def _protocol_paused(self):
@@ -453,18 +419,6 @@ class WritePipeTransport(asyncio.Transport):
 
     def can_write_eof(self) -> bool:
         return True
-
-    def close(self) -> None:
-        self._core.close()
-
-    def abort(self) -> None:
-        self._core.abort()
-
-    def set_protocol(self, protocol) -> None:
-        self._core.set_protocol(protocol)
-
-    def get_protocol(self):
-        return self._core.get_protocol()
 
     def get_write_buffer_limits(self):
         return self._core.get_write_buffer_limits()
