@@ -69,12 +69,13 @@ soak: install $(VENV)/.test-deps
 	$(VPY) bench/soak.py
 
 # The differential tests (asyncio and ferroloop given the same generated scenarios:
-# scheduling operations, and transport and peer operations) with many more examples
-# than make test runs.
+# scheduling operations, and stream and pipe transport and peer operations) with many
+# more examples than make test runs.
 DIFF_EXAMPLES ?= 2000
 differential: install $(VENV)/.test-deps
 	FERROLOOP_DIFF_EXAMPLES=$(DIFF_EXAMPLES) FERROLOOP_TEST_HANG_TIMEOUT=36000 \
-		$(VPY) -m pytest tests/test_differential.py tests/test_differential_transport.py -q
+		$(VPY) -m pytest tests/test_differential.py tests/test_differential_transport.py \
+		tests/test_differential_pipes.py -q
 
 # The tests that reach the handle memory, the fast call path, the untracking of
 # contexts and handles and the raw syscalls, under valgrind memcheck: fails on any
