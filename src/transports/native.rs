@@ -170,9 +170,9 @@ native_transports! {
     Stream(StreamTransport),
     /// UDP and Unix datagram sockets (`datagram.rs`).
     Datagram(DatagramTransport),
-    /// The read end of a pipe, FIFO, socket or character device (`pipe.rs`).
+    /// The read end of a pipe, FIFO, socket or character device (`pipe/read.rs`).
     ReadPipe(ReadPipeTransport),
-    /// The write end of one (`pipe.rs`); readable once its reader is gone.
+    /// The write end of one (`pipe/write.rs`); readable once its reader is gone.
     WritePipe(WritePipeTransport),
 }
 
