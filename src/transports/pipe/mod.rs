@@ -66,6 +66,14 @@ struct PipeFile {
 }
 
 impl PipeFile {
+    /// The file of a transport being made: `pipe`, or the bare fd when there is none.
+    fn opened(pipe: Option<&Bound<'_, PyAny>>) -> PipeFile {
+        PipeFile {
+            obj: pipe.map(|p| p.clone().unbind()),
+            open: true,
+        }
+    }
+
     /// Closes the file if the transport still has it; the object is kept (for
     /// `get_extra_info('pipe')` it is in the extra dict anyway).
     fn close(&mut self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
@@ -79,6 +87,15 @@ impl PipeFile {
                 unsafe { libc::close(fd) };
                 Ok(())
             }
+        }
+    }
+
+    /// The file as the transport has it, which from now on no longer has it open: closed
+    /// by the caller once the transport's state is released (`close()` may run Python).
+    fn take(&mut self, py: Python<'_>) -> PipeFile {
+        PipeFile {
+            obj: self.obj.as_ref().map(|o| o.clone_ref(py)),
+            open: std::mem::replace(&mut self.open, false),
         }
     }
 }

@@ -476,13 +476,7 @@ impl ReadPipeTransport {
 
     /// Closes the pipe if the transport still has it (the facade's `__del__`).
     fn _close_pipe(&self, py: Python<'_>) -> PyResult<()> {
-        let mut file = {
-            let mut st = self.state.borrow_mut(py);
-            PipeFile {
-                obj: st.file.obj.as_ref().map(|o| o.clone_ref(py)),
-                open: std::mem::replace(&mut st.file.open, false),
-            }
-        };
+        let mut file = self.state.borrow_mut(py).file.take(py);
         file.close(py, self.fd)
     }
 
@@ -559,10 +553,7 @@ pub(crate) fn read_pipe_transport<'py>(
         fd,
         state: GilCell::new(ReadState {
             loop_: Some(loop_.clone().unbind()),
-            file: PipeFile {
-                obj: pipe.map(|p| p.clone().unbind()),
-                open: true,
-            },
+            file: PipeFile::opened(pipe),
             protocol: None,
             data_received: None,
             facade: Some(facade.clone().unbind()),

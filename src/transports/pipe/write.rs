@@ -483,13 +483,7 @@ impl WritePipeTransport {
 
     /// Closes the pipe if the transport still has it (the facade's `__del__`).
     fn _close_pipe(&self, py: Python<'_>) -> PyResult<()> {
-        let mut file = {
-            let mut st = self.state.borrow_mut(py);
-            PipeFile {
-                obj: st.file.obj.as_ref().map(|o| o.clone_ref(py)),
-                open: std::mem::replace(&mut st.file.open, false),
-            }
-        };
+        let mut file = self.state.borrow_mut(py).file.take(py);
         file.close(py, self.fd)
     }
 
@@ -568,10 +562,7 @@ pub(crate) fn write_pipe_transport<'py>(
         watch_reader: fifo || socket,
         state: GilCell::new(WriteState {
             loop_: Some(loop_.clone().unbind()),
-            file: PipeFile {
-                obj: pipe.map(|p| p.clone().unbind()),
-                open: true,
-            },
+            file: PipeFile::opened(pipe),
             protocol: Some(protocol.clone().unbind()),
             facade: Some(facade.clone().unbind()),
             buffer: WriteBuffer::default(),
