@@ -25,7 +25,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_helpers import fds, pattern
+from transport_helpers import diff_exc_summary as exc_summary
+from transport_helpers import pattern, run_on_asyncio_and_ferroloop
 from versions import PY312
 
 EXAMPLES = max(5, int(os.environ.get("FERROLOOP_DIFF_EXAMPLES", "40")) // 4)
@@ -50,12 +51,6 @@ op = st.one_of(
     st.tuples(st.just("peer_reset")),
 )
 scenarios = st.lists(op, min_size=1, max_size=12)
-
-
-def exc_summary(exc):
-    if exc is None:
-        return None
-    return (type(exc).__name__, str(exc))
 
 
 class Traced(asyncio.Protocol):
@@ -289,18 +284,10 @@ async def run_scenario(loop, kind, ops):
 
 
 def run_both(kind, ops, ferroloop_module):
-    results = []
-    for make in (asyncio.SelectorEventLoop, ferroloop_module.new_event_loop):
-        loop = make()
-        try:
-            before = fds()
-            results.append(
-                loop.run_until_complete(asyncio.wait_for(run_scenario(loop, kind, ops), 120))
-            )
-            assert fds() == before, f"an fd was left behind on {loop!r}"
-        finally:
-            loop.close()
-    return results
+    def scenario(loop):
+        return run_scenario(loop, kind, ops)
+
+    return run_on_asyncio_and_ferroloop(scenario, ferroloop_module)
 
 
 def comparable(result, ops):

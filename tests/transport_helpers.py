@@ -72,6 +72,28 @@ def fds() -> int:
     return fd_count()
 
 
+def diff_exc_summary(exc):
+    """An exception as the differential tests compare it: ``(class name, message)``."""
+    if exc is None:
+        return None
+    return (type(exc).__name__, str(exc))
+
+
+def run_on_asyncio_and_ferroloop(scenario, ferroloop_module, timeout=120):
+    """What ``scenario(loop)`` returns on a new asyncio loop and on a new ferroloop loop,
+    in that order; each run must leave the open fds as it found them."""
+    results = []
+    for make in (asyncio.SelectorEventLoop, ferroloop_module.new_event_loop):
+        loop = make()
+        try:
+            before = fds()
+            results.append(loop.run_until_complete(asyncio.wait_for(scenario(loop), timeout)))
+            assert fds() == before, f"an fd was left behind on {loop!r}"
+        finally:
+            loop.close()
+    return results
+
+
 def pattern(n: int, seed: int = 0) -> bytes:
     """``n`` bytes of a non-repeating-looking pattern (cheap to build)."""
     block = bytes((i * 7 + seed) & 0xFF for i in range(251))  # prime length
